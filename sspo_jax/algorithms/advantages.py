@@ -1,0 +1,132 @@
+"""Advantage estimators (ALGORITHMS.md 5, 7, 8). All are computed once per rollout, no gradient.
+
+Group estimators take rewards [N] with the G responses of each prompt in consecutive rows
+(``N = num_prompts * G``). A group whose rewards are all exactly equal gets advantage exactly 0:
+it carries no learning signal, and dividing its float residue by a tiny std would make huge
+advantages (PITFALLS.md 7).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def _groups(rewards: Array, group_size: int) -> Array:
+    n = rewards.shape[0]
+    if group_size < 1 or n % group_size:
+        raise ValueError(f"rewards of length {n} cannot be split into groups of group_size={group_size}: "
+                         "the batch must hold whole groups (num_prompts * group_size rows)")
+    return rewards.astype(jnp.float32).reshape(n // group_size, group_size)
+
+
+def _all_equal(groups: Array) -> Array:
+    """[num_groups, 1] bool: every reward in the group is exactly equal."""
+    return (jnp.max(groups, axis=1, keepdims=True) == jnp.min(groups, axis=1, keepdims=True))
+
+
+def group_zscore(rewards: Array, group_size: int, *, eps: float = 1e-6,
+                 valid: Optional[Array] = None) -> tuple[Array, Array]:
+    """GRPO's ``A_i = (R_i - mean_G R) / (std_G R + eps)`` with the unbiased std (ddof = 1).
+
+    Args:
+      rewards: float [N], groups of `group_size` consecutive rows.
+      valid: optional bool [N]; invalid rows get A = 0 (their rewards still form the group).
+    Returns:
+      (advantages float32 [N], fraction of groups whose rewards are all equal (float32 scalar)).
+      With ``group_size == 1`` every group is trivially all-equal and A = 0.
+    """
+    g = _groups(rewards, group_size)
+    same = _all_equal(g)
+    mean = jnp.mean(g, axis=1, keepdims=True)
+    if group_size > 1:
+        std = jnp.std(g, axis=1, keepdims=True, ddof=1)
+        adv = (g - mean) / (std + eps)
+    else:
+        adv = jnp.zeros_like(g)
+    adv = jnp.where(same, 0.0, adv).reshape(-1)
+    if valid is not None:
+        adv = jnp.where(valid, adv, 0.0)
+    return adv, jnp.mean(same.astype(jnp.float32))
+
+
+def group_mean(rewards: Array, group_size: int) -> Array:
+    """Dr. GRPO's ``A_i = R_i - mean_G R`` (no std); all-equal groups give exactly 0. [N]"""
+    g = _groups(rewards, group_size)
+    adv = g - jnp.mean(g, axis=1, keepdims=True)
+    return jnp.where(_all_equal(g), 0.0, adv).reshape(-1)
+
+
+def rloo(rewards: Array, group_size: int) -> Array:
+    """REINFORCE leave-one-out: ``A_i = R_i - mean_{j != i} R_j = G/(G-1) (R_i - mean_G R)``. [N]
+
+    ``group_size == 1`` has no other sample to compare with and gives 0.
+    """
+    if group_size == 1:
+        return jnp.zeros(rewards.shape, jnp.float32)
+    g = _groups(rewards, group_size)
+    others = (jnp.sum(g, axis=1, keepdims=True) - g) / (group_size - 1)
+    return jnp.where(_all_equal(g), 0.0, g - others).reshape(-1)
+
+
+def outcome_token_rewards(rewards: Array, response_mask: Array) -> Array:
+    """Places each row's outcome reward on its last valid token (float32 [B, T]; rows with no
+    valid token get nothing)."""
+    valid = response_mask.astype(bool)
+    t = valid.shape[1]
+    last = t - 1 - jnp.argmax(valid[:, ::-1], axis=1)  # index of the last valid token
+    onehot = (jnp.arange(t)[None, :] == last[:, None]) & valid
+    return jnp.where(onehot, rewards.astype(jnp.float32)[:, None], 0.0)
+
+
+def gae(token_rewards: Array, values: Array, response_mask: Array, *, gamma: float = 1.0,
+        lam: float = 1.0) -> tuple[Array, Array]:
+    """Generalised advantage estimation over response tokens with a reverse `lax.scan`.
+
+    ``delta_t = r_t + gamma * V_next - V_t``, ``A_t = delta_t + gamma * lam * A_next``, where
+    "next" is the next *valid* token (masked positions are skipped, V = 0 after the last).
+
+    Args:
+      token_rewards: float [B, T] (e.g. `outcome_token_rewards`, minus a KL-in-reward term).
+      values: float [B, T] critic values at each position (no gradient taken here).
+      response_mask: [B, T].
+    Returns:
+      (advantages, returns = advantages + values), float32 [B, T], 0 on masked positions.
+      No whitening here: see `whiten`.
+    """
+    valid = response_mask.astype(bool)
+    r = jnp.where(valid, token_rewards.astype(jnp.float32), 0.0)
+    v = jnp.where(valid, jax.lax.stop_gradient(values).astype(jnp.float32), 0.0)
+
+    def step(carry, xs):
+        next_value, next_adv = carry
+        r_t, v_t, m_t = xs
+        delta = r_t + gamma * next_value - v_t
+        adv = delta + gamma * lam * next_adv
+        carry = (jnp.where(m_t, v_t, next_value), jnp.where(m_t, adv, next_adv))
+        return carry, jnp.where(m_t, adv, 0.0)
+
+    b = r.shape[0]
+    init = (jnp.zeros((b,), jnp.float32), jnp.zeros((b,), jnp.float32))
+    _, adv_t = jax.lax.scan(step, init, (r.T, v.T, valid.T), reverse=True)
+    adv = adv_t.T
+    return adv, jnp.where(valid, adv + v, 0.0)
+
+
+def whiten(values: Array, response_mask: Array, eps: float = 1e-8) -> Array:
+    """``(x - mean) / (std + eps)`` over valid tokens of the batch; 0 on padding. [B, T]"""
+    valid = response_mask.astype(bool)
+    n = jnp.maximum(jnp.sum(valid), 1)
+    x = jnp.where(valid, values.astype(jnp.float32), 0.0)
+    mean = jnp.sum(x) / n
+    var = jnp.sum(jnp.where(valid, (x - mean) ** 2, 0.0)) / n
+    return jnp.where(valid, (x - mean) / (jnp.sqrt(var) + eps), 0.0)
+
+
+def sequence_baseline(rewards: Array, critic_logit: Array) -> Array:
+    """SPPO's ``A = R - V(x)`` with ``V(x) = sigmoid(z(x))`` from the prompt-only critic. [B]"""
+    return rewards.astype(jnp.float32) - jax.nn.sigmoid(jax.lax.stop_gradient(critic_logit).astype(jnp.float32))

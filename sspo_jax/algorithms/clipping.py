@@ -1,0 +1,131 @@
+"""Clip bounds and the clipped surrogate (ALGORITHMS.md 1c, 1d, 8).
+
+`entropy_scale` computes SSPO's per-segment scale ``g`` from the old policy's token entropies:
+``Hbar_k`` = mean entropy of segment k, ``h_k = Hbar_k / mean(Hbar)`` over all valid segments of
+the (global) batch, ``g_k = clip(1 + alpha * (h_k - 1), g_min, g_max)``; the bounds become
+``eps_low * g`` and ``eps_high * g`` [project choice]. Entropy enters with zero gradient.
+
+`clipped_surrogate` is the per-token PPO loss ``-min(rho*A, clip(rho, 1-e_lo, 1+e_hi)*A)`` with
+optional dual clip (the loss of a negative-advantage token is capped at ``-c*A``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from sspo_jax.algorithms.config import AlgorithmConfig
+from sspo_jax.algorithms.segments import flat_segment_index
+
+Array = jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class EntropyStats:
+    """Sums over valid segments of the segment-mean entropy Hbar: additive across micro-batches
+    and devices, so the normaliser of the global batch can be formed before the loss."""
+
+    total: Array  # sum_k Hbar_k
+    total_sq: Array  # sum_k Hbar_k^2
+    count: Array  # number of valid segments
+
+    def __add__(self, other: "EntropyStats") -> "EntropyStats":
+        return EntropyStats(self.total + other.total, self.total_sq + other.total_sq, self.count + other.count)
+
+    @property
+    def mean(self) -> Array:
+        return self.total / jnp.maximum(self.count, 1.0)
+
+    @property
+    def std(self) -> Array:
+        """Population standard deviation of Hbar over segments."""
+        return jnp.sqrt(jnp.maximum(self.total_sq / jnp.maximum(self.count, 1.0) - self.mean**2, 0.0))
+
+
+def _segment_entropy(entropy: Array, response_mask: Array, seg_ids: Array):
+    """Per-segment mean entropy (flat [B*T+1]), per-segment validity, and the flat index."""
+    valid = response_mask.astype(bool)
+    flat, n = flat_segment_index(seg_ids)
+    h = jnp.where(valid, jax.lax.stop_gradient(entropy).astype(jnp.float32), 0.0)
+    sums = jax.ops.segment_sum(h.ravel(), flat.ravel(), num_segments=n)
+    counts = jax.ops.segment_sum(valid.astype(jnp.float32).ravel(), flat.ravel(), num_segments=n)
+    seg_valid = (counts > 0) & (jnp.arange(n) < n - 1)
+    return sums / jnp.maximum(counts, 1.0), seg_valid, flat
+
+
+def segment_entropy_stats(entropy: Array, response_mask: Array, seg_ids: Array) -> EntropyStats:
+    """`EntropyStats` of a batch; add those of all micro-batches to normalise globally."""
+    hbar, seg_valid, _ = _segment_entropy(entropy, response_mask, seg_ids)
+    w = seg_valid.astype(jnp.float32)
+    return EntropyStats(jnp.sum(w * hbar), jnp.sum(w * hbar**2), jnp.sum(w))
+
+
+def entropy_scale(cfg: AlgorithmConfig, entropy: Array, response_mask: Array, seg_ids: Array,
+                  stats: Optional[EntropyStats] = None) -> Array:
+    """SSPO's clip-bound scale ``g`` per token (float32 [B, T]; 1 on padding; no gradient).
+
+    Args:
+      cfg: uses entropy_alpha, entropy_g_min, entropy_g_max, entropy_norm.
+      entropy: [B, T] old-policy entropy of the next-token distribution at each position (nats).
+      response_mask, seg_ids: as everywhere ([B, T]).
+      stats: global-batch `EntropyStats`; None computes them from this batch.
+    """
+    valid = response_mask.astype(bool)
+    if cfg.entropy_alpha == 0.0:
+        return jnp.ones(valid.shape, jnp.float32)
+    hbar, _, flat = _segment_entropy(entropy, response_mask, seg_ids)
+    if stats is None:
+        stats = segment_entropy_stats(entropy, response_mask, seg_ids)
+    if cfg.entropy_norm == "ratio":
+        mean = stats.mean  # all-zero entropy (a deterministic old policy) leaves g = 1
+        dev = jnp.where(mean > 1e-8, hbar / jnp.maximum(mean, 1e-8) - 1.0, 0.0)
+    elif cfg.entropy_norm == "zscore":
+        dev = (hbar - stats.mean) / (stats.std + 1e-6)
+    else:  # "none": h is the raw segment entropy
+        dev = hbar - 1.0
+    g = jnp.clip(1.0 + cfg.entropy_alpha * dev, cfg.entropy_g_min, cfg.entropy_g_max)
+    return jax.lax.stop_gradient(jnp.where(valid, g[flat], 1.0))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SurrogateOutput:
+    """Per-token clipped-surrogate loss and clip indicators ([B, T] each)."""
+
+    loss: Array  # float32; 0 on padding
+    clipped_low: Array  # bool: A < 0 and rho < 1 - e_lo (clipped branch strictly selected)
+    clipped_high: Array  # bool: A > 0 and rho > 1 + e_hi
+    dual_clipped: Array  # bool: A < 0 and the loss is capped at -c * A
+
+
+def clipped_surrogate(log_ratio: Array, advantages: Array, response_mask: Array, eps_low,
+                      eps_high, dual_clip: Optional[float] = None) -> SurrogateOutput:
+    """``-min(rho*A, clip(rho, 1-eps_low, 1+eps_high)*A)`` per token, with optional dual clip.
+
+    Args:
+      log_ratio: float32 [B, T] log of the ratio at each token (already clamped).
+      advantages: [B, T] per-token advantages.
+      response_mask: [B, T].
+      eps_low, eps_high: scalars or [B, T] (entropy-scaled) bounds; no gradient flows into them.
+      dual_clip: c > 1: for A < 0 the loss is ``min(loss, -c*A)``; None disables it.
+    The clipped branch is written with `where` so its gradient is exactly 0.
+    """
+    valid = response_mask.astype(bool)
+    adv = advantages.astype(jnp.float32)
+    rho = jnp.exp(log_ratio)
+    lo = 1.0 - jax.lax.stop_gradient(jnp.asarray(eps_low, jnp.float32))
+    hi = 1.0 + jax.lax.stop_gradient(jnp.asarray(eps_high, jnp.float32))
+    clipped_high = valid & (adv > 0) & (rho > hi)
+    clipped_low = valid & (adv < 0) & (rho < lo)
+    bound = jnp.where(clipped_high, hi, lo)
+    loss = jnp.where(clipped_high | clipped_low, -bound * adv, -rho * adv)
+    if dual_clip is not None:
+        dual = valid & (adv < 0) & (loss > -dual_clip * adv)
+        loss = jnp.where(dual, -dual_clip * adv, loss)
+    else:
+        dual = jnp.zeros_like(valid)
+    return SurrogateOutput(jnp.where(valid, loss, 0.0), clipped_low, clipped_high, dual)

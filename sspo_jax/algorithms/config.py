@@ -1,0 +1,229 @@
+"""Frozen configuration dataclasses for the algorithm core.
+
+One `AlgorithmConfig` describes a policy-optimization algorithm completely: how importance ratios
+are formed (token, subsentence or sequence level), how they are clipped (asymmetric epsilons,
+entropy scaling, dual clip), how per-token losses are aggregated, the KL penalty, the advantage
+estimator and the update schedule. The presets in `presets.py` are instances of it. Every field
+is validated on construction; an impossible value raises `ConfigError` naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, Optional
+
+Granularity = Literal["subsentence", "token", "sequence"]
+RatioForm = Literal["sg", "broadcast"]
+EntropyNorm = Literal["ratio", "zscore", "none"]
+LossAggMode = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
+KLEstimator = Literal["k1", "k2", "k3"]
+AdvantageEstimator = Literal["group_zscore", "group_mean", "rloo", "gae", "sequence_baseline"]
+CriticKind = Literal["none", "token", "prompt"]
+
+GRANULARITIES = ("subsentence", "token", "sequence")
+RATIO_FORMS = ("sg", "broadcast")
+ENTROPY_NORMS = ("ratio", "zscore", "none")
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+ADVANTAGE_ESTIMATORS = ("group_zscore", "group_mean", "rloo", "gae", "sequence_baseline")
+CRITIC_KINDS = ("none", "token", "prompt")
+
+# Default delimiters (ALGORITHMS.md 1a): ASCII clause/sentence punctuation, newline, full-width forms.
+DEFAULT_DELIMITERS = ",.;:!?\n\uff0c\u3002\uff1b\uff1a\uff01\uff1f"
+# Sentence-only delimiters: '. ! ? \n' and full-width '。！？'.
+SENTENCE_DELIMITERS = ".!?\n\u3002\uff01\uff1f"
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the field and what to do."""
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not one of {list(allowed)}")
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentationConfig:
+    """How a response is cut into subsentences (ALGORITHMS.md 1a) [project choice].
+
+    Attributes:
+      granularity: ``subsentence`` (default: segments end at delimiter tokens), ``token`` (every
+        token its own segment: GRPO's ratio) or ``sequence`` (one segment per response: GSPO's).
+      delimiters: characters that make a token a delimiter when its decoded text contains one.
+      sentence_only: use only sentence-ending delimiters ``. ! ? \\n 。！？`` (overrides `delimiters`).
+      protect_decimals: a ``.`` or ``,`` token between two digit tokens ("3 . 1 4") is no boundary.
+      min_segment_len: a shorter segment merges into the previous one (the first into the next).
+      max_segment_len: longer segments are split into equal contiguous pieces; None = no limit.
+        Must be at least ``2 * min_segment_len`` so that the pieces respect the minimum.
+    """
+
+    granularity: Granularity = "subsentence"
+    delimiters: str = DEFAULT_DELIMITERS
+    sentence_only: bool = False
+    protect_decimals: bool = True
+    min_segment_len: int = 1
+    max_segment_len: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        _choice("segmentation.granularity", self.granularity, GRANULARITIES)
+        _check(isinstance(self.min_segment_len, int) and self.min_segment_len >= 1,
+               f"segmentation.min_segment_len must be an integer >= 1, got {self.min_segment_len!r}")
+        if self.max_segment_len is not None:
+            _check(isinstance(self.max_segment_len, int) and self.max_segment_len >= 1,
+                   f"segmentation.max_segment_len must be None or an integer >= 1, got {self.max_segment_len!r}")
+            _check(self.max_segment_len >= 2 * self.min_segment_len or self.min_segment_len == 1,
+                   f"segmentation.max_segment_len={self.max_segment_len} must be >= 2 * min_segment_len "
+                   f"({2 * self.min_segment_len}) so that split pieces are not shorter than the minimum")
+        _check(len(self.active_delimiters) > 0, "segmentation.delimiters must not be empty")
+
+    @property
+    def active_delimiters(self) -> str:
+        """The delimiter characters in force (the sentence set when `sentence_only`)."""
+        return SENTENCE_DELIMITERS if self.sentence_only else self.delimiters
+
+
+@dataclasses.dataclass(frozen=True)
+class AlgorithmConfig:
+    """Complete description of one policy-optimization algorithm (see ALGORITHMS.md).
+
+    Ratio and clipping:
+      eps_low, eps_high: PPO clip range ``[1 - eps_low, 1 + eps_high]`` (before entropy scaling).
+      dual_clip: c > 1 caps the loss of negative-advantage tokens at ``-c * A``; None disables it.
+      ratio_form: ``sg`` applies the unit (segment/sequence) log-ratio per token in the GSPO-token
+        form ``exp(sg[L] + logp - sg[logp])``; ``broadcast`` uses ``exp(L)`` with the gradient
+        through the unit mean (GSPO). Equal values; equal gradients when A is constant in a unit.
+      log_ratio_clamp: the unit mean log-ratio L is clamped to ``[-c, c]`` before ``exp``.
+      segmentation: how units (segments) are formed; ``token`` gives GRPO, ``sequence`` GSPO.
+
+    Entropy-scaled bounds (SSPO, ALGORITHMS.md 1c) [project choice]:
+      entropy_alpha: 0 turns scaling off; g = clip(1 + alpha * (h - 1), g_min, g_max).
+      entropy_g_min, entropy_g_max: range of the scale g.
+      entropy_norm: ``ratio`` h = Hbar / mean(Hbar); ``zscore`` h - 1 := (Hbar - mean) / std;
+        ``none`` h = Hbar (raw nats).
+
+    Aggregation and KL:
+      loss_agg_mode: see `aggregation.py`; loss_norm_constant: the Dr. GRPO constant
+        (None = the response-length dimension T of the batch).
+      kl_beta: weight of the per-token KL to the reference policy in the loss (0 = off);
+      kl_estimator: k1 | k2 | k3; kl_clamp: optional bound on the per-token KL value.
+
+    Advantages and critic:
+      advantage: group_zscore | group_mean | rloo | gae | sequence_baseline.
+      adv_eps: the epsilon added to the group std; gae_gamma, gae_lambda, whiten_advantages (GAE).
+      critic: none | token (PPO value model) | prompt (SPPO scalar critic).
+      value_clip: PPO value clip range c_v; value_coef: weight of the value loss.
+
+    Sampling and schedule (used by the trainer):
+      group_size: responses sampled per prompt (G).
+      dynamic_sampling: DAPO's filter of groups whose rewards are all equal;
+        max_sampling_rounds: cap on generation rounds used to fill a batch.
+      overlong_buffer_frac: DAPO's soft overlong penalty with L_cache = frac * max response length
+        (tokens; None = off; the DAPO paper uses 4096 of 20480 = 0.2);
+        overlong_penalty_factor: its weight; mask_truncated: drop truncated responses from the loss.
+      ppo_epochs, num_minibatches: passes and minibatches over one rollout batch.
+    """
+
+    name: str = "custom"
+    # ratio and clipping
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    dual_clip: Optional[float] = None
+    ratio_form: RatioForm = "sg"
+    log_ratio_clamp: float = 20.0
+    segmentation: SegmentationConfig = dataclasses.field(default_factory=SegmentationConfig)
+    # entropy-scaled bounds
+    entropy_alpha: float = 0.0
+    entropy_g_min: float = 0.5
+    entropy_g_max: float = 2.0
+    entropy_norm: EntropyNorm = "ratio"
+    # aggregation and KL
+    loss_agg_mode: LossAggMode = "token-mean"
+    loss_norm_constant: Optional[float] = None
+    kl_beta: float = 0.0
+    kl_estimator: KLEstimator = "k3"
+    kl_clamp: Optional[float] = None
+    # advantages and critic
+    advantage: AdvantageEstimator = "group_zscore"
+    adv_eps: float = 1e-6
+    gae_gamma: float = 1.0
+    gae_lambda: float = 1.0
+    whiten_advantages: bool = True
+    critic: CriticKind = "none"
+    value_clip: float = 0.5
+    value_coef: float = 1.0
+    # sampling and schedule
+    group_size: int = 8
+    dynamic_sampling: bool = False
+    max_sampling_rounds: int = 3
+    overlong_buffer_frac: Optional[float] = None
+    overlong_penalty_factor: float = 1.0
+    mask_truncated: bool = False
+    ppo_epochs: int = 1
+    num_minibatches: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.segmentation, dict):  # allow nested dicts from YAML
+            object.__setattr__(self, "segmentation", SegmentationConfig(**self.segmentation))
+        _check(isinstance(self.segmentation, SegmentationConfig),
+               f"segmentation must be a SegmentationConfig, got {type(self.segmentation).__name__}")
+        _check(0.0 <= self.eps_low < 1.0, f"eps_low={self.eps_low} must be in [0, 1): the lower clip bound 1 - eps_low must stay positive")
+        _check(self.eps_high >= 0.0, f"eps_high={self.eps_high} must be >= 0")
+        _check(self.dual_clip is None or self.dual_clip > 1.0, f"dual_clip={self.dual_clip} must be None or > 1")
+        _choice("ratio_form", self.ratio_form, RATIO_FORMS)
+        _check(self.log_ratio_clamp > 0, f"log_ratio_clamp={self.log_ratio_clamp} must be > 0")
+        _check(self.entropy_alpha >= 0, f"entropy_alpha={self.entropy_alpha} must be >= 0")
+        _check(0 < self.entropy_g_min <= 1 <= self.entropy_g_max,
+               f"entropy bounds need 0 < entropy_g_min <= 1 <= entropy_g_max, got g_min={self.entropy_g_min}, g_max={self.entropy_g_max}")
+        if self.entropy_alpha > 0:
+            _check(self.eps_low * self.entropy_g_max < 1.0,
+                   f"eps_low * entropy_g_max = {self.eps_low} * {self.entropy_g_max} must be < 1 "
+                   "(the scaled lower bound 1 - eps_low * g would be <= 0); lower eps_low or entropy_g_max")
+        _choice("entropy_norm", self.entropy_norm, ENTROPY_NORMS)
+        _choice("loss_agg_mode", self.loss_agg_mode, LOSS_AGG_MODES)
+        _check(self.loss_norm_constant is None or self.loss_norm_constant > 0,
+               f"loss_norm_constant={self.loss_norm_constant} must be None or > 0")
+        _check(self.kl_beta >= 0, f"kl_beta={self.kl_beta} must be >= 0")
+        _choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+        _check(self.kl_clamp is None or self.kl_clamp > 0, f"kl_clamp={self.kl_clamp} must be None or > 0")
+        _choice("advantage", self.advantage, ADVANTAGE_ESTIMATORS)
+        _check(self.adv_eps > 0, f"adv_eps={self.adv_eps} must be > 0")
+        _check(0 <= self.gae_gamma <= 1 and 0 <= self.gae_lambda <= 1,
+               f"gae_gamma={self.gae_gamma} and gae_lambda={self.gae_lambda} must be in [0, 1]")
+        _choice("critic", self.critic, CRITIC_KINDS)
+        _check(self.value_clip > 0, f"value_clip={self.value_clip} must be > 0")
+        _check(self.value_coef >= 0, f"value_coef={self.value_coef} must be >= 0")
+        _check(isinstance(self.group_size, int) and self.group_size >= 1,
+               f"group_size={self.group_size!r} must be an integer >= 1 (responses per prompt)")
+        _check(isinstance(self.max_sampling_rounds, int) and self.max_sampling_rounds >= 1,
+               f"max_sampling_rounds={self.max_sampling_rounds!r} must be an integer >= 1")
+        _check(self.overlong_buffer_frac is None or 0 < self.overlong_buffer_frac < 1,
+               f"overlong_buffer_frac={self.overlong_buffer_frac!r} must be None or in (0, 1)")
+        _check(self.overlong_penalty_factor >= 0, f"overlong_penalty_factor={self.overlong_penalty_factor} must be >= 0")
+        _check(isinstance(self.ppo_epochs, int) and self.ppo_epochs >= 1, f"ppo_epochs={self.ppo_epochs!r} must be an integer >= 1")
+        _check(isinstance(self.num_minibatches, int) and self.num_minibatches >= 1,
+               f"num_minibatches={self.num_minibatches!r} must be an integer >= 1")
+        # combinations
+        if self.advantage == "gae":
+            _check(self.critic == "token", f"advantage='gae' needs critic='token' (a value per token), got critic={self.critic!r}")
+        if self.advantage == "sequence_baseline":
+            _check(self.critic == "prompt", f"advantage='sequence_baseline' needs critic='prompt', got critic={self.critic!r}")
+        if self.advantage in ("group_zscore", "group_mean", "rloo") and self.dynamic_sampling:
+            _check(self.group_size >= 2, "dynamic_sampling needs group_size >= 2 (it drops groups whose rewards are all equal)")
+
+    @property
+    def uses_entropy(self) -> bool:
+        """Whether the loss needs the old policy's per-token entropy."""
+        return self.entropy_alpha > 0
+
+    def replace(self, **changes) -> "AlgorithmConfig":
+        """A copy with `changes` applied (validated). Nested: ``segmentation={'granularity': 'token'}``."""
+        seg = changes.get("segmentation")
+        if isinstance(seg, dict):
+            changes["segmentation"] = dataclasses.replace(self.segmentation, **seg)
+        return dataclasses.replace(self, **changes)
