@@ -1,5 +1,5 @@
-# sspo_jax developer entry points. `make run` trains the default tiny job on CPU;
-# `make test` runs the whole test suite. Both create .venv on first use.
+# sspo_jax developer entry points. `make test` runs the whole test suite and `make bench` the
+# benchmarks; both create .venv on first use.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,9 +7,8 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.sspo-installed
 EXTRAS ?= dev,torch-ref,data
 PYTEST_ARGS ?=
-RUN_CONFIG ?= configs/tiny_sspo.yaml
 
-.PHONY: install run test test-fast bench clean-venv
+.PHONY: install test test-fast bench clean-venv
 
 install: $(STAMP)
 
@@ -18,13 +17,9 @@ install: $(STAMP)
 # resolving an unpinned torch (which pulls several GB of CUDA packages).
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[$(EXTRAS)]'
 	touch $(STAMP)
-
-run: $(STAMP)
-	$(VENV)/bin/sspo-jax train --config $(RUN_CONFIG)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
@@ -33,7 +28,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) benchmarks/run.py
+	$(PY) benchmarks/bench_losses.py
 
 clean-venv:
 	rm -rf $(VENV)
