@@ -1,0 +1,54 @@
+"""DAPO's soft overlong penalty (ALGORITHMS.md section 4), measured in tokens, never characters.
+
+    R_len(y) = 0                                 if |y| <= L_max - L_cache
+             = ((L_max - L_cache) - |y|) / L_cache  if L_max - L_cache < |y| <= L_max
+             = -1                                if |y| > L_max
+
+It is added to the correctness reward (give it weight 1 in `RewardConfig.weights`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from sspo_jax.rewards.config import RewardConfig, make_config
+from sspo_jax.rewards.output import RewardOutput
+
+
+def overlong_penalty(lengths: np.ndarray, max_len: int, cache_len: int) -> np.ndarray:
+    """R_len per response. lengths: int [N] response token counts. Returns float32 [N] in [-1, 0]."""
+    lengths = np.asarray(lengths)
+    if lengths.ndim != 1 or not np.issubdtype(lengths.dtype, np.integer):
+        raise ValueError(f"response lengths must be a 1-D integer array of token counts, got "
+                         f"dtype {lengths.dtype} shape {lengths.shape}")
+    if not 1 <= cache_len <= max_len:
+        raise ValueError(f"need 1 <= cache_len <= max_len, got cache_len={cache_len}, max_len={max_len}")
+    soft_start = max_len - cache_len
+    soft = (soft_start - lengths.astype(np.float64)) / cache_len
+    out = np.where(lengths <= soft_start, 0.0, np.where(lengths <= max_len, soft, -1.0))
+    return out.astype(np.float32)
+
+
+def overlong_reward(
+    responses: Sequence[str],
+    golds: Sequence[str],
+    *,
+    metas: Sequence[dict] | None = None,
+    response_lengths: np.ndarray | None = None,
+    truncated: np.ndarray | None = None,
+    cfg: RewardConfig | None = None,
+    **overrides: object,
+) -> RewardOutput:
+    """`overlong_penalty` of `response_lengths` (int [N], tokens) with L_max = cfg.overlong_max_len
+    and L_cache = cfg.overlong_cache_len. Scores float32 [N] in [-1, 0]."""
+    del golds, metas, truncated
+    cfg = make_config(cfg, **overrides)
+    if response_lengths is None:
+        raise ValueError("the 'overlong' reward needs response_lengths (response token counts from "
+                         "the rollout, an int array [N]); character counts are not a substitute")
+    if len(response_lengths) != len(responses):
+        raise ValueError(f"got {len(response_lengths)} response lengths for {len(responses)} responses")
+    return RewardOutput(overlong_penalty(np.asarray(response_lengths), cfg.overlong_max_len,
+                                         cfg.overlong_cache_len))

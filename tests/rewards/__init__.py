@@ -1,0 +1,1 @@
+"""Tests of sspo_jax.rewards."""
