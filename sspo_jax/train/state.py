@@ -1,0 +1,86 @@
+"""The train state and the rollout batch, both pytrees (jit arguments, Orbax checkpoint items)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+from sspo_jax.algorithms.clipping import EntropyStats
+
+Array = jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+    """Everything that changes during training (the model graph definitions are static).
+
+    Attributes:
+      step: int32 [], completed RL iterations.
+      rng: uint32 [2] PRNG key data (raw, so that checkpoints hold plain arrays).
+      params: policy parameters (`nnx.State` of `nnx.Param`s).
+      opt_state: Optax state of the policy.
+      critic_params, critic_opt_state: the critic's (PPO, SPPO); None otherwise.
+      ref_params: frozen reference policy for the KL term; None when kl_beta == 0.
+    """
+
+    step: Array
+    rng: Array
+    params: Any
+    opt_state: Any
+    critic_params: Optional[Any] = None
+    critic_opt_state: Optional[Any] = None
+    ref_params: Optional[Any] = None
+
+    def replace(self, **changes) -> "TrainState":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def key(self) -> Array:
+        return jax.random.wrap_key_data(self.rng)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class RolloutBatch:
+    """One scored rollout batch ready for the update, N rows of width T (prompt + response).
+
+    Attributes (all [N, T] unless noted):
+      tokens: int32; attention_mask, response_mask: bool (trained tokens; EOS included).
+      old_logp, entropy: fp32 log-prob and entropy under the behaviour policy (trainer forward).
+      ref_logp: fp32 reference log-probs (zeros when the algorithm has no KL term).
+      segment_ids: int32 subsentence ids (-1 off the response).
+      advantages: fp32 per token (sequence advantages broadcast).
+      returns, old_values: fp32 value targets and old values (PPO critic; zeros otherwise).
+      rewards: fp32 [N] total rewards (SPPO critic targets).
+      last_prompt_index: int32 [N] column of the last prompt token (SPPO critic).
+      entropy_stats: global-batch `EntropyStats` for SSPO's entropy normalisation.
+    """
+
+    tokens: Array
+    attention_mask: Array
+    response_mask: Array
+    old_logp: Array
+    entropy: Array
+    ref_logp: Array
+    segment_ids: Array
+    advantages: Array
+    returns: Array
+    old_values: Array
+    rewards: Array
+    last_prompt_index: Array
+    entropy_stats: EntropyStats
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+def take_rows(batch: RolloutBatch, idx: Array) -> RolloutBatch:
+    """The rows `idx` of every per-row field (entropy_stats stays global)."""
+    fields = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
+    stats = fields.pop("entropy_stats")
+    return RolloutBatch(**{k: jnp.take(v, idx, axis=0) for k, v in fields.items()}, entropy_stats=stats)

@@ -1,0 +1,231 @@
+"""The jitted pieces of an RL iteration: the rollout statistics pass and the update step.
+
+`make_stats_fn` computes, in micro-batches, the behaviour policy's log-probs and entropies (and
+the reference log-probs and critic outputs when the algorithm needs them) with the training
+forward pass, never materialising [N, T, V] logits.
+
+`make_update_fn` builds ``update(state, batch) -> (state, metrics)``: ``ppo_epochs`` passes, each
+over ``num_minibatches`` shuffled minibatches; a minibatch's gradient is accumulated over
+micro-batches as (sum of loss_sum gradients) / (sum of denominators), which is exactly the
+gradient of the whole minibatch for every aggregation mode. A minibatch whose loss or gradient is
+not finite is skipped (parameters and optimizer state unchanged) and counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from sspo_jax.algorithms import losses
+from sspo_jax.algorithms.config import AlgorithmConfig
+from sspo_jax.models.token_stats import token_logprobs_from_hidden
+from sspo_jax.train.state import RolloutBatch, TrainState
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Models:
+    """Static graph definitions (hashable) of the policy and the optional critic."""
+
+    policy: Any
+    critic: Any = None
+    critic_kind: str = "none"  # none | token | prompt
+
+
+def policy_token_stats(graphdef, params, tokens: Array, attention_mask: Array, chunk_size: int,
+                       compute_entropy: bool, temperature: float = 1.0) -> tuple[Array, Array | None]:
+    """(logp, entropy) [N, T] fp32 of each row's own tokens; ``logp[b, t] = log p(tok_t | tok_<t)``.
+
+    `temperature` divides the logits (folded into the unembedding), so that the log-probs are
+    those of the distribution the sampler drew from.
+    """
+    model = nnx.merge(graphdef, params)
+    hidden = model.hidden_states(tokens, attention_mask)
+    unembed = model.unembed_weight().astype(model.compute_dtype)
+    if temperature != 1.0:
+        unembed = unembed / jnp.asarray(temperature, unembed.dtype)
+    return token_logprobs_from_hidden(hidden, unembed, tokens, chunk_size=chunk_size, compute_entropy=compute_entropy)
+
+
+def critic_outputs(models: Models, critic_params, tokens: Array, attention_mask: Array,
+                   last_prompt_index: Array) -> Array:
+    """Token values [N, T] (PPO) or prompt logits [N] (SPPO)."""
+    critic = nnx.merge(models.critic, critic_params)
+    if models.critic_kind == "token":
+        return critic(tokens, attention_mask)
+    return critic(tokens, attention_mask, last_prompt_index=last_prompt_index)
+
+
+def _micro_split(x: Array, n_micro: int) -> Array:
+    return x.reshape(n_micro, x.shape[0] // n_micro, *x.shape[1:])
+
+
+def make_stats_fn(models: Models, alg: AlgorithmConfig, chunk_size: int, micro_rows: int,
+                  temperature: float = 1.0) -> Callable:
+    """``stats(state, tokens, attention_mask, last_prompt_index) -> dict`` (jitted).
+
+    Returns ``old_logp``, ``entropy`` (zeros unless the algorithm uses entropy), ``ref_logp``
+    (zeros without KL), ``values`` ([N, T] token critic) or ``critic_logit`` ([N] prompt critic).
+    """
+    need_entropy = True  # always logged; SSPO also scales its clip bounds with it
+
+    def stats(state: TrainState, tokens, attention_mask, last_prompt_index):
+        n = tokens.shape[0]
+        n_micro = max(n // micro_rows, 1)
+        xs = (_micro_split(tokens, n_micro), _micro_split(attention_mask, n_micro), _micro_split(last_prompt_index, n_micro))
+
+        def one(x):
+            tk, am, lpi = x
+            logp, ent = policy_token_stats(models.policy, state.params, tk, am, chunk_size, need_entropy, temperature)
+            out = {"old_logp": logp, "entropy": ent}
+            if alg.kl_beta > 0:
+                out["ref_logp"] = policy_token_stats(models.policy, state.ref_params, tk, am, chunk_size, False,
+                                                     temperature)[0]
+            if models.critic_kind != "none":
+                out["critic"] = critic_outputs(models, state.critic_params, tk, am, lpi)
+            return out
+
+        out = jax.lax.map(one, xs)
+        return jax.tree.map(lambda a: a.reshape(n, *a.shape[2:]), out)
+
+    return jax.jit(stats)
+
+
+# ---- metrics merging -------------------------------------------------------------------------
+
+def _merge(acc: dict, new: dict, weight: Array) -> dict:
+    """Running token-weighted sums; keys ending in _min/_max keep extremes."""
+    out = {}
+    for k, v in new.items():
+        if k.endswith("_min"):
+            out[k] = jnp.minimum(acc[k], v) if k in acc else v
+        elif k.endswith("_max"):
+            out[k] = jnp.maximum(acc[k], v) if k in acc else v
+        else:
+            out[k] = (acc[k] if k in acc else 0.0) + v * weight
+    return out
+
+
+def _finalise(acc: dict, total_weight: Array) -> dict:
+    return {k: (v if (k.endswith("_min") or k.endswith("_max")) else v / jnp.maximum(total_weight, 1.0))
+            for k, v in acc.items()}
+
+
+def _all_finite(tree) -> Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def make_update_fn(models: Models, alg: AlgorithmConfig, policy_tx: optax.GradientTransformation,
+                   critic_tx: optax.GradientTransformation | None, *, chunk_size: int, micro_rows: int,
+                   temperature: float = 1.0, donate: bool = True) -> Callable:
+    """``update(state, batch) -> (state, metrics)``, jitted with the state donated.
+
+    The batch is split into ``alg.num_minibatches`` minibatches after a per-epoch shuffle drawn
+    from the state's PRNG key; each minibatch into micro-batches of `micro_rows` rows.
+    """
+    has_critic = models.critic_kind != "none"
+
+    def policy_micro(params, mb: RolloutBatch):
+        logp, _ = policy_token_stats(models.policy, params, mb.tokens, mb.attention_mask, chunk_size, False, temperature)
+        out = losses.policy_loss(alg, logp, mb.old_logp, mb.advantages, mb.response_mask,
+                                 segment_ids=mb.segment_ids, entropy=mb.entropy if alg.uses_entropy else None,
+                                 ref_logp=mb.ref_logp if alg.kl_beta > 0 else None, entropy_stats=mb.entropy_stats)
+        return out.loss_sum, out
+
+    def critic_micro(critic_params, mb: RolloutBatch):
+        out = critic_outputs(models, critic_params, mb.tokens, mb.attention_mask, mb.last_prompt_index)
+        if models.critic_kind == "token":
+            s, d = losses.clipped_value_loss(out, mb.old_values, mb.returns, mb.response_mask, alg.value_clip)
+        else:
+            s, d = losses.bce_critic_loss(out, mb.rewards)
+        return alg.value_coef * s, d
+
+    def minibatch_step(state: TrainState, mb: RolloutBatch):
+        n_micro = mb.tokens.shape[0] // micro_rows
+        stats = mb.entropy_stats
+        micro = jax.tree.map(lambda x: _micro_split(x, n_micro), dataclasses.replace(mb, entropy_stats=None))
+
+        def body(carry, m):
+            g_acc, s_acc, d_acc, metrics, w_acc, cg_acc, cs_acc, cd_acc = carry
+            m = dataclasses.replace(m, entropy_stats=stats)
+            (s, out), g = jax.value_and_grad(policy_micro, has_aux=True)(state.params, m)
+            g_acc = jax.tree.map(jnp.add, g_acc, g)
+            metrics = _merge(metrics, out.metrics, out.num_tokens)
+            if has_critic:
+                (cs, cd), cg = jax.value_and_grad(critic_micro, has_aux=True)(state.critic_params, m)
+                cg_acc, cs_acc, cd_acc = jax.tree.map(jnp.add, cg_acc, cg), cs_acc + cs, cd_acc + cd
+            return (g_acc, s_acc + s, d_acc + out.denominator, metrics, w_acc + out.num_tokens,
+                    cg_acc, cs_acc, cd_acc), None
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        czeros = jax.tree.map(jnp.zeros_like, state.critic_params) if has_critic else None
+        first = dataclasses.replace(jax.tree.map(lambda x: x[0], micro), entropy_stats=stats)
+        metric_keys = jax.eval_shape(lambda: policy_micro(state.params, first)[1].metrics)
+        init_metrics = {k: (jnp.full((), jnp.inf) if k.endswith("_min") else
+                            jnp.full((), -jnp.inf) if k.endswith("_max") else jnp.zeros(()))
+                        for k in metric_keys}
+        f0 = jnp.zeros((), jnp.float32)
+        (g, s, d, metrics, w, cg, cs, cd), _ = jax.lax.scan(
+            body, (zeros, f0, f0, init_metrics, f0, czeros, f0, f0), micro)
+        denom = jnp.maximum(d, 1.0)
+        grads = jax.tree.map(lambda x: x / denom, g)
+        loss = s / denom
+        finite = jnp.isfinite(loss) & _all_finite(grads)
+        updates, new_opt = policy_tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        out_metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **_finalise(metrics, w)}
+        if has_critic:
+            cdenom = jnp.maximum(cd, 1.0)
+            cgrads = jax.tree.map(lambda x: x / cdenom, cg)
+            finite = finite & jnp.isfinite(cs) & _all_finite(cgrads)
+            cupdates, new_copt = critic_tx.update(cgrads, state.critic_opt_state, state.critic_params)
+            new_cparams = optax.apply_updates(state.critic_params, cupdates)
+            out_metrics["critic_loss"] = cs / cdenom
+            out_metrics["critic_grad_norm"] = optax.global_norm(cgrads)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        state = state.replace(params=keep(new_params, state.params), opt_state=keep(new_opt, state.opt_state))
+        if has_critic:
+            state = state.replace(critic_params=keep(new_cparams, state.critic_params),
+                                  critic_opt_state=keep(new_copt, state.critic_opt_state))
+        out_metrics["skipped"] = (~finite).astype(jnp.float32)
+        return state, out_metrics
+
+    def update(state: TrainState, batch: RolloutBatch):
+        n = batch.tokens.shape[0]
+        n_mb = alg.num_minibatches
+        key, shuffle_key = jax.random.split(state.key)
+        all_metrics = []
+        for epoch in range(alg.ppo_epochs):
+            perm = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n) if n_mb > 1 else jnp.arange(n)
+            stats = batch.entropy_stats
+            shuffled = jax.tree.map(lambda x: jnp.take(x, perm, axis=0).reshape(n_mb, n // n_mb, *x.shape[1:]),
+                                    dataclasses.replace(batch, entropy_stats=None))
+
+            def mb_body(st, mb):
+                return minibatch_step(st, dataclasses.replace(mb, entropy_stats=stats))
+
+            state, metrics = jax.lax.scan(mb_body, state, shuffled)
+            all_metrics.append(metrics)
+        stacked = jax.tree.map(lambda *xs: jnp.concatenate(xs), *all_metrics)  # [epochs * minibatches]
+        summary = {}
+        for k, v in stacked.items():
+            if k.endswith("_min"):
+                summary[k] = jnp.min(v)
+            elif k.endswith("_max"):
+                summary[k] = jnp.max(v)
+            elif k == "skipped":
+                summary[k] = jnp.sum(v)
+            else:
+                summary[k] = jnp.mean(v)
+        summary["updates"] = jnp.asarray(stacked["loss"].shape[0], jnp.float32)
+        state = state.replace(step=state.step + 1, rng=jax.random.key_data(key))
+        return state, summary
+
+    return jax.jit(update, donate_argnums=(0,) if donate else ())
