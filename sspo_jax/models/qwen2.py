@@ -1,0 +1,302 @@
+"""Flax NNX Qwen2 decoder: RMSNorm, RoPE, grouped-query attention, SwiGLU MLP, (un)tied LM head.
+
+Layout decisions (read these before writing sharding rules or converters):
+
+* Layer parameters are *stacked*: every per-layer tensor has a leading axis of size L
+  (`DecoderStack.q_kernel` is [L, H, heads*head_dim]) and the layers run under one
+  `jax.lax.scan`. Compile time is then independent of depth, and `remat=True` wraps the scanned
+  layer body in `jax.checkpoint` (activations recomputed per layer in the backward pass).
+* Linear kernels are stored [in, out] (HF stores [out, in]; `hf_io` transposes). The token
+  embedding and the untied LM head are both stored [V, H], as in HF, so `unembed_weight()` has
+  one layout whether or not the embeddings are tied.
+* Parameter paths (what `nnx.split(model, nnx.Param)` yields and what a sharding rule sees):
+  `model/embed` [V, H], `model/final_norm` [H], `model/layers/<name>` [L, ...], `lm_head` [V, H]
+  (absent when `tie_word_embeddings`).
+* Dtypes: parameters are stored in `param_dtype` (fp32 default) and cast to `compute_dtype` at
+  use (bf16 compute keeps fp32 master weights). RMS statistics, RoPE angles, attention softmax and
+  logits are always fp32.
+
+Conventions (DESIGN.md): a row is a left-padded prompt followed by a right-padded response;
+`attention_mask` [B, T] is 1 on real tokens. Positions default to `cumsum(mask) - 1` clipped at 0.
+Attention is causal and ignores padded keys; a query row whose keys are all padding (left padding)
+gets a uniform softmax over masked scores instead of NaN, and its output is meaningless but finite.
+
+The model is meant to be split once (`graphdef, params = nnx.split(model, nnx.Param)`) and merged
+inside `jax.jit`; it holds no state besides `nnx.Param`s.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from sspo_jax.models.config import Qwen2Config
+from sspo_jax.models.token_stats import token_logprobs_from_hidden
+
+Array = jax.Array
+_F32 = jnp.float32
+_INIT_STD = 0.02
+
+# Names of the stacked per-layer parameters, in a fixed order.
+LAYER_PARAM_NAMES = (
+    "input_norm", "q_kernel", "q_bias", "k_kernel", "k_bias", "v_kernel", "v_bias", "o_kernel",
+    "post_norm", "gate_kernel", "up_kernel", "down_kernel",
+)
+
+
+def positions_from_mask(attention_mask: Array) -> Array:
+    """Position ids [B, T] int32 = cumsum(mask) - 1 clipped at 0 (left padding gets position 0)."""
+    mask = attention_mask.astype(jnp.int32)
+    return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
+
+
+def rms_norm(x: Array, scale: Array, eps: float) -> Array:
+    """RMSNorm over the last axis: statistics in fp32, result in x.dtype times `scale`."""
+    x32 = x.astype(_F32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + eps)
+    return y.astype(x.dtype) * scale.astype(x.dtype)
+
+
+def apply_rope(x: Array, positions: Array, theta: float) -> Array:
+    """Rotary embedding, HF 'rotate half' layout. x: [B, T, N, D]; positions: [B, T] int."""
+    d = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=_F32) / d))  # [D/2]
+    angles = positions.astype(_F32)[..., None] * inv_freq  # [B, T, D/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]  # [B, T, 1, D]
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    x32 = x.astype(_F32)
+    half = d // 2
+    rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+    return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+def grouped_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+    """Grouped-query attention.
+
+    Args:
+      q: [B, T, Hq, D] queries; k, v: [B, S, Hkv, D]; query head h reads kv head h // (Hq // Hkv).
+      mask: [B, T, S] bool, True where query t may attend key s.
+    Returns:
+      [B, T, Hq * D] in q.dtype. Scores and softmax are fp32.
+    """
+    b, t, hq, d = q.shape
+    hkv = k.shape[2]
+    q = q.reshape(b, t, hkv, hq // hkv, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=_F32) * (d ** -0.5)
+    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(_F32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, hq * d)
+
+
+def _project_qkv(cfg: Qwen2Config, p: dict[str, Array], x: Array, positions: Array):
+    """q [B,T,Hq,D], k and v [B,T,Hkv,D] (RoPE applied to q and k) from normed input x [B,T,H]."""
+    b, t, _ = x.shape
+    q = x @ p["q_kernel"]
+    k = x @ p["k_kernel"]
+    v = x @ p["v_kernel"]
+    if cfg.qkv_bias:
+        q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
+    q = q.reshape(b, t, cfg.num_attention_heads, cfg.head_dim)
+    k = k.reshape(b, t, cfg.num_key_value_heads, cfg.head_dim)
+    v = v.reshape(b, t, cfg.num_key_value_heads, cfg.head_dim)
+    return apply_rope(q, positions, cfg.rope_theta), apply_rope(k, positions, cfg.rope_theta), v
+
+
+def _attn_out_and_mlp(cfg: Qwen2Config, p: dict[str, Array], h: Array, attn: Array) -> Array:
+    """Residual update after attention (o_proj) followed by the SwiGLU MLP block."""
+    h = h + attn @ p["o_kernel"]
+    x = rms_norm(h, p["post_norm"], cfg.rms_norm_eps)
+    return h + (jax.nn.silu(x @ p["gate_kernel"]) * (x @ p["up_kernel"])) @ p["down_kernel"]
+
+
+class DecoderStack(nnx.Module):
+    """All L decoder layers, each parameter stacked on a leading layer axis.
+
+    Shapes (L layers, H hidden, Hq/Hkv heads, D head_dim, I intermediate):
+      input_norm, post_norm [L, H]; q_kernel [L, H, Hq*D]; k_kernel, v_kernel [L, H, Hkv*D];
+      q_bias [L, Hq*D], k_bias, v_bias [L, Hkv*D] (only when `qkv_bias`); o_kernel [L, Hq*D, H];
+      gate_kernel, up_kernel [L, H, I]; down_kernel [L, I, H].
+    """
+
+    def __init__(self, cfg: Qwen2Config, *, param_dtype, rngs: nnx.Rngs):
+        n, h, d, i = cfg.num_hidden_layers, cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
+        qd, kvd = cfg.num_attention_heads * d, cfg.num_key_value_heads * d
+        normal = jax.nn.initializers.normal(_INIT_STD)
+
+        def kernel(shape):
+            return nnx.Param(normal(rngs.params(), (n, *shape), param_dtype))
+
+        self.input_norm = nnx.Param(jnp.ones((n, h), param_dtype))
+        self.q_kernel = kernel((h, qd))
+        self.k_kernel = kernel((h, kvd))
+        self.v_kernel = kernel((h, kvd))
+        if cfg.qkv_bias:
+            self.q_bias = nnx.Param(jnp.zeros((n, qd), param_dtype))
+            self.k_bias = nnx.Param(jnp.zeros((n, kvd), param_dtype))
+            self.v_bias = nnx.Param(jnp.zeros((n, kvd), param_dtype))
+        self.o_kernel = kernel((qd, h))
+        self.post_norm = nnx.Param(jnp.ones((n, h), param_dtype))
+        self.gate_kernel = kernel((h, i))
+        self.up_kernel = kernel((h, i))
+        self.down_kernel = kernel((i, h))
+
+    def stacked(self, dtype) -> dict[str, Array]:
+        """{name: [L, ...] array cast to `dtype`} for the parameters present."""
+        return {name: getattr(self, name)[...].astype(dtype)
+                for name in LAYER_PARAM_NAMES if hasattr(self, name)}
+
+
+class Qwen2Model(nnx.Module):
+    """The Qwen2 backbone: token embedding, L decoder layers, final RMSNorm (no LM head).
+
+    Args:
+      config: architecture.
+      param_dtype: storage dtype of the parameters (default fp32).
+      compute_dtype: activation dtype (default: `param_dtype`); bf16 for mixed precision.
+      remat: recompute each layer's activations in the backward pass (`jax.checkpoint`).
+      rngs: initialisation randomness (weights N(0, 0.02), norms 1, biases 0).
+    """
+
+    def __init__(self, config: Qwen2Config, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
+                 compute_dtype=None, remat: bool = False):
+        self.config = config
+        self.param_dtype = jnp.dtype(param_dtype)
+        self.compute_dtype = jnp.dtype(compute_dtype if compute_dtype is not None else param_dtype)
+        self.remat = bool(remat)
+        self.embed = nnx.Param(jax.nn.initializers.normal(_INIT_STD)(
+            rngs.params(), (config.vocab_size, config.hidden_size), self.param_dtype))
+        self.layers = DecoderStack(config, param_dtype=self.param_dtype, rngs=rngs)
+        self.final_norm = nnx.Param(jnp.ones((config.hidden_size,), self.param_dtype))
+
+    def _scan_layers(self, body, carry, xs):
+        if self.remat:
+            body = jax.checkpoint(body, prevent_cse=False)
+        return jax.lax.scan(body, carry, xs)
+
+    def __call__(self, tokens: Array, attention_mask: Array | None = None,
+                 positions: Array | None = None, *, return_kv: bool = False):
+        """Final hidden states after the last RMSNorm.
+
+        Args:
+          tokens: [B, T] int token ids.
+          attention_mask: [B, T] (bool or 0/1), 1 on real tokens; default all ones.
+          positions: [B, T] int position ids; default `positions_from_mask(attention_mask)`.
+          return_kv: also return the post-RoPE keys and values of every layer (for a KV cache).
+        Returns:
+          hidden [B, T, H] in compute_dtype; with `return_kv`, (hidden, (k, v)) where k and v are
+          [L, B, T, Hkv, D] in compute_dtype.
+        """
+        cfg, cdt = self.config, self.compute_dtype
+        if attention_mask is None:
+            attention_mask = jnp.ones(tokens.shape, jnp.int32)
+        if positions is None:
+            positions = positions_from_mask(attention_mask)
+        t = tokens.shape[1]
+        causal = jnp.tril(jnp.ones((t, t), jnp.bool_))
+        mask = causal[None] & attention_mask.astype(jnp.bool_)[:, None, :]  # [B, T, T]
+        h = self.embed[...][tokens].astype(cdt)
+
+        def layer(h, p):
+            x = rms_norm(h, p["input_norm"], cfg.rms_norm_eps)
+            q, k, v = _project_qkv(cfg, p, x, positions)
+            h = _attn_out_and_mlp(cfg, p, h, grouped_attention(q, k, v, mask))
+            return h, ((k, v) if return_kv else None)
+
+        h, kv = self._scan_layers(layer, h, self.layers.stacked(cdt))
+        h = rms_norm(h, self.final_norm[...], cfg.rms_norm_eps)
+        return (h, kv) if return_kv else h
+
+    def decode(self, tokens: Array, positions: Array, cache_k: Array, cache_v: Array,
+               key_mask: Array, index: Array):
+        """One decoding step against a KV cache (see `kv_cache.decode_step` for the public API).
+
+        Args:
+          tokens: [B, 1] int; positions: [B, 1] int position ids of these tokens.
+          cache_k, cache_v: [L, B, S, Hkv, D] caches; slot `index` is overwritten with this step.
+          key_mask: [B, S] bool, valid cache slots *including* slot `index`.
+          index: [] int32 cache slot of this step.
+        Returns:
+          (hidden [B, 1, H] in compute_dtype, cache_k, cache_v) with slot `index` written.
+        """
+        cfg, cdt = self.config, self.compute_dtype
+        mask = key_mask.astype(jnp.bool_)[:, None, :]  # [B, 1, S]
+        h = self.embed[...][tokens].astype(cdt)
+        zero = jnp.zeros((), jnp.int32)
+
+        def layer(carry, xs):
+            h, ck, cv = carry
+            p, li = xs
+            x = rms_norm(h, p["input_norm"], cfg.rms_norm_eps)
+            q, k, v = _project_qkv(cfg, p, x, positions)
+            start = (li, zero, index, zero, zero)
+            ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), start)
+            cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), start)
+            k_all = jax.lax.dynamic_index_in_dim(ck, li, 0, keepdims=False).astype(cdt)
+            v_all = jax.lax.dynamic_index_in_dim(cv, li, 0, keepdims=False).astype(cdt)
+            h = _attn_out_and_mlp(cfg, p, h, grouped_attention(q, k_all, v_all, mask))
+            return (h, ck, cv), None
+
+        layer_ids = jnp.arange(cfg.num_hidden_layers, dtype=jnp.int32)
+        (h, cache_k, cache_v), _ = jax.lax.scan(
+            layer, (h, cache_k, cache_v), (self.layers.stacked(cdt), layer_ids))
+        return rms_norm(h, self.final_norm[...], cfg.rms_norm_eps), cache_k, cache_v
+
+
+class Qwen2ForCausalLM(nnx.Module):
+    """Qwen2 policy: `Qwen2Model` backbone plus a tied or separate LM head.
+
+    `model(tokens, attention_mask=..., positions=...)` returns fp32 logits [B, T, V]. For training
+    on a large vocabulary use `hidden_states(...)` with `unembed_weight()` and
+    `sspo_jax.models.token_logprobs_and_entropy` so that [B, T, V] is never materialised.
+    """
+
+    def __init__(self, config: Qwen2Config, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
+                 compute_dtype=None, remat: bool = False):
+        self.config = config
+        self.model = Qwen2Model(config, rngs=rngs, param_dtype=param_dtype,
+                                compute_dtype=compute_dtype, remat=remat)
+        if config.tie_word_embeddings:
+            self.lm_head = None
+        else:
+            self.lm_head = nnx.Param(jax.nn.initializers.normal(_INIT_STD)(
+                rngs.params(), (config.vocab_size, config.hidden_size), self.model.param_dtype))
+
+    @property
+    def compute_dtype(self):
+        return self.model.compute_dtype
+
+    def hidden_states(self, tokens: Array, attention_mask: Array | None = None,
+                      positions: Array | None = None) -> Array:
+        """Final hidden states [B, T, H] (compute dtype); arguments as in `Qwen2Model.__call__`."""
+        return self.model(tokens, attention_mask, positions)
+
+    def unembed_weight(self) -> Array:
+        """The LM head weight [V, H] in parameter dtype (the embedding when tied)."""
+        return self.model.embed[...] if self.lm_head is None else self.lm_head[...]
+
+    def logits_from_hidden(self, hidden: Array) -> Array:
+        """fp32 logits [..., V] from hidden [..., H] (matmul in compute dtype, fp32 result)."""
+        w = self.unembed_weight().astype(self.compute_dtype)
+        return jnp.einsum("...h,vh->...v", hidden.astype(self.compute_dtype), w,
+                          preferred_element_type=_F32)
+
+    def __call__(self, tokens: Array, attention_mask: Array | None = None,
+                 positions: Array | None = None) -> Array:
+        """Logits [B, T, V] fp32; `logits[b, t]` scores token t + 1."""
+        return self.logits_from_hidden(self.hidden_states(tokens, attention_mask, positions))
+
+    def token_logprobs_and_entropy(self, tokens: Array, attention_mask: Array | None = None,
+                                   positions: Array | None = None, *, chunk_size: int = 512,
+                                   compute_entropy: bool = True):
+        """Per-token log-probs and entropies [B, T] fp32 of the row's own tokens, chunked.
+
+        `logp[b, t]` = log p(tokens[b, t] | tokens[b, :t]); column 0 is 0. See
+        `sspo_jax.models.token_stats.token_logprobs_from_hidden`.
+        """
+        hidden = self.hidden_states(tokens, attention_mask, positions)
+        return token_logprobs_from_hidden(hidden, self.unembed_weight().astype(self.compute_dtype),
+                                          tokens, chunk_size=chunk_size,
+                                          compute_entropy=compute_entropy)
+
