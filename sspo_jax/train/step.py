@@ -180,7 +180,7 @@ def make_update_fn(models: Models, alg: AlgorithmConfig, policy_tx: optax.Gradie
         finite = jnp.isfinite(loss) & _all_finite(grads)
         updates, new_opt = policy_tx.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
-        out_metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **_finalise(metrics, w)}
+        out_metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **_finalise(metrics, w)}
         if has_critic:
             cdenom = jnp.maximum(cd, 1.0)
             cgrads = jax.tree.map(lambda x: x / cdenom, cg)
@@ -188,7 +188,7 @@ def make_update_fn(models: Models, alg: AlgorithmConfig, policy_tx: optax.Gradie
             cupdates, new_copt = critic_tx.update(cgrads, state.critic_opt_state, state.critic_params)
             new_cparams = optax.apply_updates(state.critic_params, cupdates)
             out_metrics["critic_loss"] = cs / cdenom
-            out_metrics["critic_grad_norm"] = optax.global_norm(cgrads)
+            out_metrics["critic_grad_norm"] = optax.tree.norm(cgrads)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
         state = state.replace(params=keep(new_params, state.params), opt_state=keep(new_opt, state.opt_state))
         if has_critic:
