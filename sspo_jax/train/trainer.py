@@ -26,13 +26,15 @@ from flax import nnx
 from sspo_jax.algorithms import advantages as adv_lib
 from sspo_jax.algorithms import build_delimiter_table, segment_entropy_stats, segment_ids
 from sspo_jax.algorithms.config import ConfigError
-from sspo_jax.data import DataConfig, PromptBatch, PromptBatcher, build_source
+from sspo_jax.data import PromptBatch, PromptBatcher, build_source
 from sspo_jax.models import PromptCritic, TokenValueModel, from_pretrained
-from sspo_jax.rewards import compute_rewards, get_reward, overlong_penalty
+from sspo_jax.rewards import compute_rewards, overlong_penalty
 from sspo_jax.rollout import GenerationResult, generate
 from sspo_jax.train import optim
 from sspo_jax.train.checkpoint import Checkpointer
 from sspo_jax.train.config import TrainConfig, config_to_mapping, resolve_model_path
+from sspo_jax.train.evaluate import (build_eval_batches, correctness, decode_responses, eval_data_config,
+                                     evaluate_policy)
 from sspo_jax.train.logging_io import MetricsWriter
 from sspo_jax.train.state import RolloutBatch, TrainState
 from sspo_jax.train.step import Models, make_stats_fn, make_update_fn
@@ -125,10 +127,11 @@ class Trainer:
       run_dir: overrides ``cfg.run_dir``.
       progress: show a progress bar (default ``cfg.logging.progress``).
       echo: where human-readable lines go (default `print`).
+      resume: restore a checkpoint found in ``RUN_DIR/checkpoints`` (the newest, or `resume_step`).
     """
 
     def __init__(self, cfg: TrainConfig, run_dir: str | Path | None = None, *, progress: Optional[bool] = None,
-                 echo: Callable[[str], None] = print) -> None:
+                 echo: Callable[[str], None] = print, resume: bool = True, resume_step: Optional[int] = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir or cfg.run_dir)
         self.echo = echo
@@ -199,12 +202,13 @@ class Trainer:
                                         chunk_size=cfg.model.logprob_chunk_size, micro_rows=micro, temperature=temp)
         seg_cfg = alg.segmentation
         self.segment_fn = jax.jit(lambda tokens, mask: segment_ids(tokens, mask, self.table, seg_cfg))
-        self.writer = MetricsWriter(self.run_dir, tensorboard=cfg.logging.tensorboard)
+        self.writer: MetricsWriter | None = None
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", keep=cfg.checkpoint.keep) \
             if cfg.checkpoint.enabled else None
         self.eval_history: list[dict[str, Any]] = []
         self.start_step = 0
-        self._resume()
+        if resume:
+            self.restore(resume_step)
 
     # ---- setup helpers ------------------------------------------------------------------------
 
@@ -212,24 +216,8 @@ class Trainer:
         cfg = self.cfg
         if not cfg.eval.enabled:
             return []
-        data = cfg.data
-        common = dict(batch_size=min(cfg.eval.batch_size, cfg.eval.size), group_size=1, shuffle=False, num_epochs=1,
-                      drop_last=False)
-        if data.source in ("arithmetic", "reasoning_gym"):
-            eval_cfg = dataclasses.replace(data, size=cfg.eval.size, generator_seed=data.generator_seed + 1_000_003,
-                                           **common)
-        elif cfg.eval.path:
-            eval_cfg = dataclasses.replace(data, path=cfg.eval.path, **common)
-        else:
-            return []
-        source = build_source(eval_cfg)
-        batcher = PromptBatcher(source, self.tokenizer, eval_cfg)
-        batches, seen = [], 0
-        while not batcher.exhausted and seen < cfg.eval.size:
-            b = batcher.next_batch()
-            batches.append(b)
-            seen += len(b.golds)
-        return batches
+        data = eval_data_config(cfg.data, size=cfg.eval.size, batch_size=cfg.eval.batch_size, path=cfg.eval.path)
+        return build_eval_batches(data, self.tokenizer, cfg.eval.size) if data is not None else []
 
     def _meta(self, step: int) -> dict[str, Any]:
         return {"step": step, "data_cursor": self.batcher.state(), "config": config_to_mapping(self.cfg),
@@ -243,19 +231,27 @@ class Trainer:
             raise ConfigError(f"run directory {str(self.run_dir)!r} holds checkpoints of a different model "
                               f"(differs in {diff}); use a new --run-dir or the original model.path")
 
-    def _resume(self) -> None:
+    def restore(self, step: Optional[int] = None) -> Optional[int]:
+        """Restores the checkpoint of `step` (None = the newest readable one); returns its step."""
         if self.checkpointer is None:
-            return
-        found = self.checkpointer.restore_latest(self.state, check_meta=self._check_meta)
-        if found is None:
-            return
-        step, state, meta = found
+            return None
+        if step is None:
+            found = self.checkpointer.restore_latest(self.state, check_meta=self._check_meta)
+            if found is None:
+                return None
+            step, state, meta = found
+        else:
+            if step not in self.checkpointer.steps():
+                raise ConfigError(f"no checkpoint of step {step} in {self.checkpointer.directory}; "
+                                  f"available: {self.checkpointer.steps()}")
+            state, meta = self.checkpointer.restore(step, self.state)
+            self._check_meta(meta)
         self.state = state
         self.batcher.restore(meta["data_cursor"])
         self.eval_history = list(meta.get("eval_history", []))
         self.start_step = step
-        self.writer.truncate_after(step)
         self.echo(f"resumed from {self.checkpointer.directory}/{step} (step {step} of {self.cfg.train.steps})")
+        return step
 
     # ---- one rollout --------------------------------------------------------------------------
 
@@ -266,13 +262,11 @@ class Trainer:
 
     def _score(self, gen: GenerationResult, batch: PromptBatch) -> _Rollout:
         cfg, alg = self.cfg, self.cfg.algorithm
-        p = gen.prompt_len
         tokens = np.asarray(gen.tokens)
         rmask = np.asarray(gen.response_mask)
         lengths = np.asarray(gen.response_lengths)
         truncated = np.asarray(gen.truncated)
-        texts = [self.tokenizer.decode(tokens[i, p:p + lengths[i]].tolist(), skip_special_tokens=True)
-                 for i in range(tokens.shape[0])]
+        texts = decode_responses(self.tokenizer, gen)
         combined = compute_rewards(texts, batch.golds, cfg.rewards, metas=batch.metas, response_lengths=lengths,
                                    truncated=truncated)
         rewards = combined.total.astype(np.float32)
@@ -286,10 +280,9 @@ class Trainer:
         if cfg.eval.reward in combined.per_function:
             correct = combined.per_function[cfg.eval.reward].scores
         else:
-            correct = get_reward(cfg.eval.reward)(texts, batch.golds, metas=batch.metas, response_lengths=lengths,
-                                                  truncated=truncated, cfg=cfg.rewards).scores
+            correct = correctness(cfg.eval.reward, texts, batch, gen, cfg.rewards)
         return _Rollout(tokens=tokens, attention_mask=np.asarray(gen.attention_mask), response_mask=rmask,
-                        sampler_logp=np.asarray(gen.sampler_logp), prompt_width=p, rewards=rewards,
+                        sampler_logp=np.asarray(gen.sampler_logp), prompt_width=gen.prompt_len, rewards=rewards,
                         correct=np.asarray(correct, np.float32), lengths=lengths, truncated=truncated,
                         reward_metrics=metrics)
 
@@ -387,30 +380,10 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Greedy held-out accuracy (and pass@k with ``eval.samples`` sampled responses)."""
-        if not self.eval_batches:
-            return {}
-        correct, lengths = [], []
-        passk = []
-        key = jax.random.key(self.cfg.train.seed + 7)
-        for i, batch in enumerate(self.eval_batches):
-            gen = generate((self.models.policy, self.state.params), batch.input_ids, batch.attention_mask,
-                           self.eval_sampling, key)
-            roll = self._score(gen, batch)
-            correct.append(roll.correct)
-            lengths.append(roll.lengths)
-            k = self.cfg.eval.samples
-            if k:
-                gen = generate((self.models.policy, self.state.params), batch.input_ids, batch.attention_mask,
-                               self.sampling, jax.random.fold_in(key, i), group_size=k)
-                rep = dataclasses.replace(batch, golds=[gd for gd in batch.golds for _ in range(k)],
-                                          metas=[m for m in batch.metas for _ in range(k)])
-                passk.append(self._score(gen, rep).correct.reshape(-1, k).max(axis=1))
-        out = {"eval/accuracy": float(np.mean(np.concatenate(correct))),
-               "eval/response_length": float(np.mean(np.concatenate(lengths))),
-               "eval/problems": float(sum(len(c) for c in correct))}
-        if passk:
-            out[f"eval/pass@{self.cfg.eval.samples}"] = float(np.mean(np.concatenate(passk)))
-        return out
+        cfg = self.cfg
+        return evaluate_policy((self.models.policy, self.state.params), self.tokenizer, self.eval_batches,
+                               self.sampling, cfg.rewards, reward_name=cfg.eval.reward, samples=cfg.eval.samples,
+                               seed=cfg.train.seed + 7)
 
     # ---- the loop -----------------------------------------------------------------------------
 
@@ -451,6 +424,8 @@ class Trainer:
         """Trains up to ``train.steps`` iterations; returns (and writes) a summary."""
         cfg = self.cfg
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_mapping(cfg), sort_keys=False))
+        self.writer = MetricsWriter(self.run_dir, tensorboard=cfg.logging.tensorboard)
+        self.writer.truncate_after(self.start_step)  # steps replayed after a crash are logged once
         t_start = time.perf_counter()
         if self.start_step == 0 and self.eval_batches and not self.eval_history:
             before = self.evaluate()

@@ -1,0 +1,97 @@
+"""Held-out evaluation: greedy accuracy and pass@k of a policy on a prompt set.
+
+Accuracy is the mean of a correctness reward (score 1 = correct) over greedy responses; pass@k
+samples k responses per problem at the training temperature and counts a problem solved when any
+of them is correct.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+
+from sspo_jax.data import DataConfig, PromptBatch, PromptBatcher, build_source
+from sspo_jax.rewards import RewardConfig, compute_rewards, get_reward
+from sspo_jax.rollout import GenerationResult, SamplingConfig, generate
+
+
+def eval_data_config(data: DataConfig, *, size: int, batch_size: int, path: str | None = None) -> DataConfig | None:
+    """The held-out variant of a training `DataConfig` (None when there is nothing to evaluate on).
+
+    Generated tasks draw their problems from a different generator seed; file sources need `path`.
+    """
+    common = dict(batch_size=min(batch_size, size), group_size=1, shuffle=False, num_epochs=1, drop_last=False)
+    if data.source in ("arithmetic", "reasoning_gym"):
+        return dataclasses.replace(data, size=size, generator_seed=data.generator_seed + 1_000_003, **common)
+    if path:
+        return dataclasses.replace(data, path=path, **common)
+    return None
+
+
+def build_eval_batches(data: DataConfig, tokenizer: Any, size: int) -> list[PromptBatch]:
+    """Up to `size` problems of `data` as prompt batches (one response row per problem)."""
+    batcher = PromptBatcher(build_source(data), tokenizer, data)
+    batches, seen = [], 0
+    while not batcher.exhausted and seen < size:
+        batch = batcher.next_batch()
+        batches.append(batch)
+        seen += len(batch.golds)
+    return batches
+
+
+def decode_responses(tokenizer: Any, gen: GenerationResult) -> list[str]:
+    """Response texts (stop token and padding excluded) of a generation result."""
+    tokens = np.asarray(gen.tokens)
+    lengths = np.asarray(gen.response_lengths)
+    p = gen.prompt_len
+    return [tokenizer.decode(tokens[i, p:p + lengths[i]].tolist(), skip_special_tokens=True)
+            for i in range(tokens.shape[0])]
+
+
+def correctness(reward_name: str, texts: list[str], batch: PromptBatch, gen: GenerationResult,
+                rewards: RewardConfig) -> np.ndarray:
+    """Scores of the correctness reward `reward_name` (float32 [N])."""
+    out = compute_rewards(texts, batch.golds, dataclasses.replace(rewards, weights=((reward_name, 1.0),)),
+                          metas=batch.metas, response_lengths=np.asarray(gen.response_lengths),
+                          truncated=np.asarray(gen.truncated))
+    return out.per_function[reward_name].scores
+
+
+def evaluate_policy(model_like, tokenizer: Any, batches: list[PromptBatch], sampling: SamplingConfig,
+                    rewards: RewardConfig, *, reward_name: str = "math", samples: int = 0,
+                    seed: int = 0) -> dict[str, float]:
+    """Greedy accuracy (and pass@`samples`) of a policy over `batches`.
+
+    Args:
+      model_like: a policy or its ``(graphdef, state)``.
+      sampling: the sampling settings; greedy decoding uses them with temperature 0.
+      rewards: reward settings (workers, timeouts, extraction) used to score correctness.
+    Returns:
+      ``eval/accuracy``, ``eval/response_length``, ``eval/problems`` and ``eval/pass@k``.
+    """
+    get_reward(reward_name)  # a clear error for an unknown name before any generation
+    if not batches:
+        return {}
+    greedy = sampling.replace(temperature=0.0, top_k=0, top_p=1.0)
+    key = jax.random.key(seed)
+    correct, lengths, passk = [], [], []
+    for i, batch in enumerate(batches):
+        gen = generate(model_like, batch.input_ids, batch.attention_mask, greedy, key)
+        correct.append(correctness(reward_name, decode_responses(tokenizer, gen), batch, gen, rewards))
+        lengths.append(np.asarray(gen.response_lengths))
+        if samples:
+            gen = generate(model_like, batch.input_ids, batch.attention_mask, sampling, jax.random.fold_in(key, i),
+                           group_size=samples)
+            rep = dataclasses.replace(batch, golds=[g for g in batch.golds for _ in range(samples)],
+                                      metas=[m for m in batch.metas for _ in range(samples)])
+            scores = correctness(reward_name, decode_responses(tokenizer, gen), rep, gen, rewards)
+            passk.append(scores.reshape(-1, samples).max(axis=1))
+    out = {"eval/accuracy": float(np.mean(np.concatenate(correct))),
+           "eval/response_length": float(np.mean(np.concatenate(lengths))),
+           "eval/problems": float(sum(len(c) for c in correct))}
+    if passk:
+        out[f"eval/pass@{samples}"] = float(np.mean(np.concatenate(passk)))
+    return out
