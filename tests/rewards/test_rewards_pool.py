@@ -18,7 +18,9 @@ HANGING = "The answer is \\boxed{9^{9^{9^{9}}}}."  # sympy never finishes compar
 
 @pytest.fixture(scope="module")
 def pool():
-    p = VerifierPool(2, "spawn")
+    # warm_up makes every fresh pool wait for its workers, so that process start-up (slow on a loaded
+    # machine) never counts against the short per-item timeouts used below
+    p = VerifierPool(2, "spawn", warm_up=os.getpid)
     yield p
     p.close()
 
@@ -73,7 +75,9 @@ def test_worker_crash_is_attributed_to_its_item(pool):
 def test_crash_among_others_spares_the_others():
     # operator.call(fn, *args) lets one map run different functions per item
     items = [(operator.neg, 1), (os._exit, 3), (operator.neg, 2)]
-    p = VerifierPool(2, "spawn")
+    # warm_up makes every fresh pool wait for its workers, so that process start-up (slow on a loaded
+    # machine) never counts against the short per-item timeouts used below
+    p = VerifierPool(2, "spawn", warm_up=os.getpid)
     try:
         result = p.map(operator.call, items, timeout_s=10.0)
     finally:
