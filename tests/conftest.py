@@ -16,7 +16,7 @@ from hypothesis import settings  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True)
+settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True)
 settings.register_profile("dev", max_examples=20, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
