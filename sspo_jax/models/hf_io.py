@@ -312,6 +312,14 @@ def _export_tensors(model: Qwen2ForCausalLM, dtype: np.dtype) -> Iterator[tuple[
         yield "lm_head.weight", host(model.lm_head[...])
 
 
+def _share(file: str) -> None:
+    """Gives a written weight file the permissions of an ordinary file (safetensors creates it
+    owner-only), so that serving engines running as another user can read the export."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(file, 0o666 & ~umask)
+
+
 def save_pretrained(model: Qwen2ForCausalLM, path: str | os.PathLike, *, dtype=None,
                     max_shard_bytes: int | None = None) -> None:
     """Writes `model` as a HF directory that transformers' Qwen2ForCausalLM loads.
@@ -337,6 +345,7 @@ def save_pretrained(model: Qwen2ForCausalLM, path: str | os.PathLike, *, dtype=N
     if max_shard_bytes is None:
         save_file(dict(_export_tensors(model, dtype)), os.path.join(path, SINGLE_FILE),
                   metadata=metadata)
+        _share(os.path.join(path, SINGLE_FILE))
         return
     # Shards are written as soon as they fill (one shard in host memory at a time) under
     # temporary names, then renamed once their count is known.
@@ -361,6 +370,7 @@ def save_pretrained(model: Qwen2ForCausalLM, path: str | os.PathLike, *, dtype=N
     for k, (tmp, names) in enumerate(written, start=1):
         file = f"model-{k:05d}-of-{len(written):05d}.safetensors"
         os.replace(os.path.join(path, tmp), os.path.join(path, file))
+        _share(os.path.join(path, file))
         weight_map.update({name: file for name in names})
     with open(os.path.join(path, INDEX_FILE), "w", encoding="utf-8") as fh:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, fh, indent=2)

@@ -20,8 +20,12 @@ import yaml
 from sspo_jax.algorithms.config import ConfigError
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Reads a YAML mapping; syntax errors name the file, line and column."""
+def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Reads a YAML mapping; syntax errors name the file, line and column.
+
+    A top-level ``include: base.yaml`` (or a list of files), relative to this file, is read first
+    and deep-merged under this file's own keys.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
@@ -38,7 +42,28 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
-    return dict(data)
+    data = dict(data)
+    includes = data.pop("include", None)
+    if includes is None:
+        return data
+    merged: dict[str, Any] = {}
+    for inc in [includes] if isinstance(includes, str) else list(includes):
+        inc_path = (path.parent / str(inc)).resolve()
+        if inc_path in _seen or inc_path == path.resolve():
+            raise ConfigError(f"{path}: include {inc!r} forms a cycle")
+        merged = deep_merge(merged, load_yaml(inc_path, (*_seen, path.resolve())))
+    return deep_merge(merged, data)
+
+
+def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """`top` over `base`, merging nested mappings key by key."""
+    out = _deep_copy(dict(base))
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = _deep_copy(value)
+    return out
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
