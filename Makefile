@@ -1,5 +1,7 @@
-# sspo_jax developer entry points. `make test` runs the whole test suite and `make bench` the
-# benchmarks; both create .venv on first use.
+# sspo_jax developer entry points, each creating .venv on first use:
+#   make run    the default job: SSPO on the shipped tiny model and the built-in arithmetic task (CPU)
+#   make test   the whole test suite
+#   make bench  the benchmarks (JSON in benchmarks/results/)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,8 +9,10 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.sspo-installed
 EXTRAS ?= dev,torch-ref,data
 PYTEST_ARGS ?=
+RUN_CONFIG ?= configs/tiny_sspo.yaml
+RUN_DIR ?= runs/tiny_sspo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install test test-fast bench clean-venv
+.PHONY: install run test test-fast bench clean-venv
 
 install: $(STAMP)
 
@@ -20,6 +24,11 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[$(EXTRAS)]'
 	touch $(STAMP)
+
+# A fresh run directory each time; resume an interrupted run with
+#   .venv/bin/sspo-jax train --config $(RUN_CONFIG) --run-dir <that directory>
+run: $(STAMP)
+	$(VENV)/bin/sspo-jax train --config $(RUN_CONFIG) --run-dir $(RUN_DIR)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)

@@ -70,7 +70,9 @@ def evaluate_policy(model_like, tokenizer: Any, batches: list[PromptBatch], samp
       sampling: the sampling settings; greedy decoding uses them with temperature 0.
       rewards: reward settings (workers, timeouts, extraction) used to score correctness.
     Returns:
-      ``eval/accuracy``, ``eval/response_length``, ``eval/problems`` and ``eval/pass@k``.
+      ``eval/accuracy`` (greedy), ``eval/response_length``, ``eval/problems``, and with samples
+      ``eval/sampled_accuracy`` (mean over the k samples: pass@1 at the sampling temperature) and
+      ``eval/pass@k``.
     """
     get_reward(reward_name)  # a clear error for an unknown name before any generation
     if not batches:
@@ -88,10 +90,12 @@ def evaluate_policy(model_like, tokenizer: Any, batches: list[PromptBatch], samp
             rep = dataclasses.replace(batch, golds=[g for g in batch.golds for _ in range(samples)],
                                       metas=[m for m in batch.metas for _ in range(samples)])
             scores = correctness(reward_name, decode_responses(tokenizer, gen), rep, gen, rewards)
-            passk.append(scores.reshape(-1, samples).max(axis=1))
+            passk.append(scores.reshape(-1, samples))
     out = {"eval/accuracy": float(np.mean(np.concatenate(correct))),
            "eval/response_length": float(np.mean(np.concatenate(lengths))),
            "eval/problems": float(sum(len(c) for c in correct))}
     if passk:
-        out[f"eval/pass@{samples}"] = float(np.mean(np.concatenate(passk)))
+        sampled = np.concatenate(passk)  # [problems, k]
+        out["eval/sampled_accuracy"] = float(sampled.mean())
+        out[f"eval/pass@{samples}"] = float(sampled.max(axis=1).mean())
     return out
