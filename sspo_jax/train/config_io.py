@@ -111,8 +111,16 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+REQUIRED = "???"
+
+
 def convert(tp, value, key: str):
-    """`value` checked and converted to the annotated type `tp`; `key` names it in errors."""
+    """`value` checked and converted to the annotated type `tp`; `key` names it in errors.
+
+    The marker ``???`` (a required value a config file leaves to the user) is an error naming the key.
+    """
+    if isinstance(value, str) and value.strip() == REQUIRED:
+        raise ConfigError(f"{key} is required (the config file leaves it as {REQUIRED}): set it, e.g. --set {key}=...")
     origin = typing.get_origin(tp)
     if tp is Any:
         return value

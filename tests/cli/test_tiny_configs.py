@@ -34,3 +34,20 @@ def test_tiny_config_trains_one_step(preset, tmp_path):
                  if json.loads(line)["step"] == 1]
     assert record["skipped_updates"] == 0 and 0 <= record["accuracy"] <= 1
     assert record["response_length/mean"] > 5  # the warm-started model writes real solutions
+
+
+@pytest.mark.parametrize("path", sorted(p for p in CONFIGS.glob("qwen2.5-math-*.yaml")), ids=lambda p: p.stem)
+def test_paper_configs_need_their_paths_and_then_validate(path):
+    from sspo_jax.algorithms.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"is required .*\?\?\?"):
+        load_config(path)
+    cfg = load_config(path, ["model.path=/models/q", "data.path=/data/train.jsonl", "eval.path=/data/test.jsonl"])
+    assert cfg.algorithm.name == path.stem.split("_", 1)[1]
+    assert cfg.rows == 1024 and cfg.optim.lr == 1e-6 and cfg.sampling.max_new_tokens == 3072
+    assert cfg.rows // cfg.algorithm.num_minibatches % cfg.micro_batch_size == 0
+
+
+def test_there_is_a_paper_config_for_every_preset_and_the_7b_sspo():
+    names = {p.stem for p in CONFIGS.glob("qwen2.5-math-*.yaml")}
+    assert {f"qwen2.5-math-1.5b_{p}" for p in presets.names()} | {"qwen2.5-math-7b_sspo"} <= names
