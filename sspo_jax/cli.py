@@ -65,8 +65,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     before, after = summary.get("accuracy_before"), summary.get("accuracy_after")
     print(f"run directory: {summary['run_dir']}")
     if before is not None and after is not None:
-        print(f"held-out accuracy: {before:.3f} before -> {after:.3f} after "
+        print(f"held-out accuracy (greedy): {before:.3f} before -> {after:.3f} after "
               f"({100 * (after - before):+.1f} points) in {summary['wall_time_s']:.0f} s")
+    s_before, s_after = summary.get("sampled_accuracy_before"), summary.get("sampled_accuracy_after")
+    if s_before is not None and s_after is not None:
+        print(f"held-out accuracy (sampled, temperature {cfg.sampling.temperature:g}): {s_before:.3f} before -> "
+              f"{s_after:.3f} after ({100 * (s_after - s_before):+.1f} points)")
     return 0
 
 

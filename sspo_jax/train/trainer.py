@@ -480,6 +480,9 @@ class Trainer:
         if hist:
             out["accuracy_before"] = hist[0].get("eval/accuracy")
             out["accuracy_after"] = hist[-1].get("eval/accuracy")
+            if "eval/sampled_accuracy" in hist[0]:
+                out["sampled_accuracy_before"] = hist[0]["eval/sampled_accuracy"]
+                out["sampled_accuracy_after"] = hist[-1].get("eval/sampled_accuracy")
             out["eval_history"] = hist
         return out
 
