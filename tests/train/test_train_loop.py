@@ -151,3 +151,23 @@ def test_top_p_sampling_is_refused_for_training(model_dir, tmp_path):
     cfg = _cfg(model_dir, "sspo", tmp_path / "run")
     with pytest.raises(ConfigError, match="top_p"):
         Trainer(dataclasses.replace(cfg, sampling=cfg.sampling.replace(top_p=0.9)), echo=lambda s: None)
+
+
+def test_run_stops_after_too_many_consecutive_skipped_updates(model_dir, tmp_path):
+    from sspo_jax.train import TrainingError
+
+    trainer = Trainer(_cfg(model_dir, "grpo", tmp_path / "run", "train.max_consecutive_skips=2", steps=5),
+                      echo=lambda s: None)
+    real_update = trainer.update_fn
+
+    def poisoned(state, batch):  # every update of every step is non-finite
+        bad = dataclasses.replace(batch, advantages=batch.advantages * float("nan"))
+        return real_update(state, bad)
+
+    trainer.update_fn = poisoned
+    with pytest.raises(TrainingError, match="2 consecutive steps had non-finite"):
+        trainer.run()
+    trainer.close()
+    records = read_metrics(tmp_path / "run")
+    assert [r["consecutive_skipped_steps"] for r in records] == [1.0, 2.0]
+    assert all(r["skipped_updates"] == r["updates"] for r in records)
