@@ -124,7 +124,7 @@ class JsonlSource(_ListBacked):
                 if not line.strip():
                     continue
                 try:
-                    row = json.loads(line)
+                    row = json.loads(line.rstrip("\r\n"))  # columns of this line, not of the next
                 except json.JSONDecodeError as exc:
                     raise DataError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
                 self.records.append(_record(where, row, path, {"line": lineno}, prompt_field, answer_field,

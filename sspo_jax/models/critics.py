@@ -76,7 +76,7 @@ class _Critic(nnx.Module):
         place = hf_io.resolve_sharding_fn(mesh, sharding_for)
         if place is not None:
             for name in ("kernel", "bias"):
-                sharding = place(("value_head", name))
+                sharding = place(("value_head", name), tuple(getattr(head, name).shape))
                 if sharding is not None:
                     var = getattr(head, name)
                     var.set_value(jax.device_put(var[...], sharding))

@@ -5,7 +5,7 @@ Loading (`from_pretrained`, `load_into`) reads a local HF directory: `config.jso
 with `safetensors.safe_open(..., framework="numpy")` (bf16 arrives as an `ml_dtypes.bfloat16`
 array), cast to the target parameter dtype, transposed from HF [out, in] to [in, out] where
 needed, stacked per parameter over the layer axis, and placed on device with `jax.device_put`
-(onto `sharding_for(path)` when given) before the next parameter is read. The model itself is
+(onto `sharding_for(path, shape)` when given) before the next parameter is read. The model itself is
 built with `nnx.eval_shape`, so no random initial weights are allocated: host memory peaks at
 one stacked parameter plus one tensor beyond what the device holds.
 
@@ -40,7 +40,7 @@ from sspo_jax.models.config import Qwen2Config
 from sspo_jax.models.qwen2 import Qwen2ForCausalLM
 
 ParamPath = tuple[str, ...]
-ShardingFn = Callable[[ParamPath], "jax.sharding.Sharding | None"]
+ShardingFn = Callable[[ParamPath, tuple[int, ...]], "jax.sharding.Sharding | None"]
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -218,7 +218,7 @@ def resolve_sharding_fn(mesh, sharding_for: ShardingFn | None) -> ShardingFn | N
     if mesh is None:
         return None
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    return lambda path: replicated
+    return lambda path, shape: replicated
 
 
 def load_into(module: nnx.Module, path: str | os.PathLike, cfg: Qwen2Config, *, dtype=jnp.float32,
@@ -233,7 +233,7 @@ def load_into(module: nnx.Module, path: str | os.PathLike, cfg: Qwen2Config, *, 
       cfg: the config read from `path`.
       dtype: parameter dtype to cast to while reading.
       mesh: optional `jax.sharding.Mesh`; without `sharding_for`, parameters are replicated on it.
-      sharding_for: optional `param_path -> Sharding | None` (path like ("model", "layers",
+      sharding_for: optional `(param_path, shape) -> Sharding | None` (path like ("model", "layers",
         "q_kernel")); overrides `mesh`. None places on the default device.
       need_lm_head: require an `lm_head.weight` tensor; default `not cfg.tie_word_embeddings`.
         A critic passes False: its checkpoint's LM head is then ignored.
@@ -256,7 +256,7 @@ def load_into(module: nnx.Module, path: str | os.PathLike, cfg: Qwen2Config, *, 
             if tuple(host.shape) != tuple(var.shape):
                 raise CheckpointError(f"parameter {'/'.join(ppath)} expects shape {var.shape}, "
                                       f"checkpoint gives {host.shape}")
-            sharding = place(ppath) if place is not None else None
+            sharding = place(ppath, tuple(var.shape)) if place is not None else None
             var.set_value(jax.device_put(host, sharding) if sharding is not None
                           else jnp.asarray(host))
             del host

@@ -25,17 +25,20 @@ class MeshConfig:
     """Sizes of the mesh axes; their product must equal the number of devices used.
 
     Attributes:
-      data: pure data parallelism (parameters replicated along it).
+      data: pure data parallelism (parameters replicated along it). None (the default) takes the
+        remaining devices, or 1 when another axis is -1.
       fsdp: data parallelism with parameters and optimizer state sharded along it (ZeRO-3 style).
       tensor: attention heads and MLP hidden units split along it (Megatron style).
     One of the three may be -1: it takes all remaining devices.
     """
 
-    data: int = -1
+    data: Optional[int] = None
     fsdp: int = 1
     tensor: int = 1
 
     def __post_init__(self) -> None:
+        if self.data is None:
+            object.__setattr__(self, "data", 1 if -1 in (self.fsdp, self.tensor) else -1)
         sizes = (self.data, self.fsdp, self.tensor)
         if sum(s == -1 for s in sizes) > 1:
             raise ConfigError(f"mesh: at most one axis size may be -1, got data={self.data}, fsdp={self.fsdp}, "

@@ -61,11 +61,9 @@ def spec_for(path: Sequence[Any], shape: tuple[int, ...], mesh: Mesh) -> P:
 
 
 def sharding_for(mesh: Mesh):
-    """A ``path -> NamedSharding`` function (the `sharding_for` hook of `models.from_pretrained`
-    receives path tuples of strings; shapes are looked up when the parameter is placed)."""
-    def fn(path, shape=None):
-        if shape is None:
-            return None
+    """The ``(path, shape) -> NamedSharding`` hook of `models.from_pretrained`: each weight is
+    placed onto its shard as it is read from the checkpoint."""
+    def fn(path, shape):
         return NamedSharding(mesh, spec_for(path, tuple(shape), mesh))
     return fn
 

@@ -4,21 +4,71 @@ Layout: ``RUN_DIR/checkpoints/<step>/{state, meta}``. Orbax writes each checkpoi
 directory and renames it when complete, so a crash mid-save leaves the previous checkpoints
 intact. `restore_latest` restores into an explicit abstract target (shapes, dtypes and, when
 present, shardings of the current state) and falls back to the previous checkpoint, with a
-warning naming it, when the latest one cannot be read.
+warning naming both, when the latest one cannot be read.
+
+Orbax does not checksum array data, so a checkpoint whose bytes were damaged after the write
+(disk or copy errors) would restore silently with wrong values. `save` therefore stores a
+fingerprint of every state leaf (a position-weighted uint32 sum of its bits, computed on device)
+in the metadata, and `restore` recomputes it and refuses a checkpoint that does not match.
+
+After a fallback the run trains the skipped steps again; `save` then moves the unreadable
+checkpoint of the same step aside (to ``RUN_DIR/checkpoints_unreadable/``, never deleting it)
+before writing the new one.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
+import time
 from pathlib import Path
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from sspo_jax.algorithms.config import ConfigError
 
 log = logging.getLogger(__name__)
+
+FINGERPRINT_KEY = "state_fingerprint"
+
+
+class CheckpointCorruptError(RuntimeError):
+    """A checkpoint's restored state does not match the fingerprint saved with it."""
+
+
+def _leaf_fingerprint(x: jax.Array) -> jax.Array:
+    """uint32 sum over elements of (bits ^ golden * i) * (2i + 1): any single changed element changes it."""
+    x = jnp.ravel(jnp.asarray(x))
+    if x.dtype == jnp.bool_:
+        bits = x.astype(jnp.uint32)
+    elif x.dtype.itemsize > 4:  # 64-bit leaves (jax_enable_x64): two uint32 words per element
+        bits = jnp.ravel(jax.lax.bitcast_convert_type(x, jnp.uint32))
+    else:
+        width = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+        bits = jax.lax.bitcast_convert_type(x, width).astype(jnp.uint32)
+    idx = jnp.arange(bits.size, dtype=jnp.uint32)
+    return jnp.sum((bits ^ (idx * jnp.uint32(0x9E3779B9))) * (idx * jnp.uint32(2) + jnp.uint32(1)),
+                   dtype=jnp.uint32)
+
+
+_jit_leaf_fingerprint = jax.jit(_leaf_fingerprint)
+
+
+def state_fingerprint(state: Any) -> list[int]:
+    """One uint32 per leaf of `state` (in `jax.tree.leaves` order), as plain ints.
+
+    Leaves are fingerprinted one by one, on the devices that hold them: a sharded parameter and
+    a scalar on one device cannot share a jitted computation.
+    """
+    return [int(v) for v in jax.device_get([_jit_leaf_fingerprint(x) for x in jax.tree.leaves(state)])]
+
+
+def _short(err: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[:limit] + " ..."
 
 
 def _abstract(tree):
@@ -41,39 +91,75 @@ class Checkpointer:
         return sorted(self.manager.all_steps())
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-        """Saves synchronously (returns when the checkpoint is complete on disk)."""
+        """Saves synchronously (returns when the checkpoint is complete on disk).
+
+        A checkpoint of the same step already on disk (one that was unreadable on resume, so that
+        its step is trained again) is first moved aside, with a warning naming where it went.
+        """
+        if step in self.steps():
+            self._move_aside(step)
+        meta = {**meta, FINGERPRINT_KEY: state_fingerprint(state)}
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                         meta=ocp.args.JsonSave(meta)), force=True)
         self.manager.wait_until_finished()
 
+    def _move_aside(self, step: int) -> None:
+        aside = self.directory.with_name(self.directory.name + "_unreadable")
+        dest = aside / str(step)
+        if dest.exists():
+            dest = aside / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if jax.process_index() == 0:
+            aside.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(self.directory / str(step)), str(dest))
+        log.warning("checkpoint %s/%d is being written again; the existing one (unreadable on resume) was moved "
+                    "to %s", self.directory, step, dest)
+        self.manager.reload()
+
+    def read_meta(self, step: int) -> dict[str, Any]:
+        """The JSON metadata of `step` alone (cheap: no arrays are read)."""
+        return dict(self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta)
+
     def restore(self, step: int, template: Any) -> tuple[Any, dict[str, Any]]:
+        """The state and metadata of `step`; `CheckpointCorruptError` when the data does not match
+        the fingerprint saved with it (checkpoints written before fingerprints are not checked)."""
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(_abstract(template)), meta=ocp.args.JsonRestore()))
-        return restored.state, dict(restored.meta)
+        meta = dict(restored.meta)
+        saved = meta.pop(FINGERPRINT_KEY, None)
+        if saved is not None:
+            here = state_fingerprint(restored.state)
+            if list(saved) != here:
+                paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(restored.state)]
+                bad = [p for p, a, b in zip(paths, saved, here) if a != b] or ["(number of arrays)"]
+                raise CheckpointCorruptError(
+                    f"checkpoint {self.directory}/{step} is corrupt: the data of {len(bad)} array(s) "
+                    f"({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}) differs from what was saved")
+        return restored.state, meta
 
     def restore_latest(self, template: Any, *, check_meta=None) -> Optional[tuple[int, Any, dict[str, Any]]]:
         """The newest readable checkpoint as ``(step, state, meta)``, or None when there is none.
 
         `check_meta(meta)` may raise to refuse a checkpoint (e.g. of a different model); that
-        error propagates. Unreadable checkpoints are skipped with a warning.
+        error propagates. Unreadable or corrupt checkpoints are skipped with a warning naming them,
+        and the one restored instead is named in a second warning.
         """
+        skipped: list[int] = []
         for step in reversed(self.steps()):
             try:
-                meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-            except Exception as err:  # noqa: BLE001 - any read failure means "corrupt": try the previous one
-                log.warning("checkpoint %s/%d is unreadable (%s); falling back to the previous one",
-                            self.directory, step, err)
-                continue
-            if check_meta is not None:
-                check_meta(dict(meta))
-            try:
+                meta = self.read_meta(step)
+                if check_meta is not None:
+                    check_meta(meta)
                 state, meta = self.restore(step, template)
             except ConfigError:
                 raise
-            except Exception as err:  # noqa: BLE001
-                log.warning("checkpoint %s/%d is unreadable (%s); falling back to the previous one",
-                            self.directory, step, err)
+            except Exception as err:  # noqa: BLE001 - any read failure means "corrupt": try the previous one
+                log.warning("checkpoint %s/%d is unreadable or corrupt (%s); falling back to the previous one",
+                            self.directory, step, _short(err))
+                skipped.append(step)
                 continue
+            if skipped:
+                log.warning("restored checkpoint %s/%d instead of the unreadable newer checkpoint(s) %s",
+                            self.directory, step, skipped)
             return step, state, meta
         return None
 

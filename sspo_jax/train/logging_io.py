@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,9 @@ class MetricsWriter:
                     kept.append(line)
             except (ValueError, KeyError, TypeError):
                 continue  # a torn last line from a crash
-        self.path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+        tmp = self.path.with_name(self.path.name + ".tmp")  # a crash mid-rewrite must not lose the log
+        tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+        os.replace(tmp, self.path)
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -27,7 +28,8 @@ from sspo_jax.algorithms import advantages as adv_lib
 from sspo_jax.algorithms import build_delimiter_table, segment_entropy_stats, segment_ids
 from sspo_jax.algorithms.config import ConfigError
 from sspo_jax.data import PromptBatch, PromptBatcher, build_source
-from sspo_jax.models import PromptCritic, TokenValueModel, from_pretrained
+from sspo_jax.models import PromptCritic, Qwen2Config, TokenValueModel, from_pretrained
+from sspo_jax.parallel import batch_sharding, make_mesh, replicated, shard_like, sharding_for
 from sspo_jax.rewards import compute_rewards, overlong_penalty
 from sspo_jax.rollout import GenerationResult, generate
 from sspo_jax.train import optim
@@ -69,6 +71,21 @@ def check_writable(run_dir: Path) -> None:
     except OSError as err:
         raise ConfigError(f"run directory {str(run_dir)!r} is not writable ({err.strerror}); "
                           "choose another --run-dir or free disk space") from None
+
+
+def check_disk_space(run_dir: Path, checkpoint_bytes: int, keep: int) -> None:
+    """Fails before training starts when not even one checkpoint fits on the run directory's disk,
+    and warns when `keep` checkpoints (plus the one being written) do not."""
+    free = shutil.disk_usage(run_dir).free
+    mib = lambda n: f"{n / 2**20:.1f} MiB"  # noqa: E731
+    if free < checkpoint_bytes:
+        raise ConfigError(f"run directory {str(run_dir)!r} has {mib(free)} free, but one checkpoint needs about "
+                          f"{mib(checkpoint_bytes)}: free disk space, choose another --run-dir, or set "
+                          "checkpoint.enabled=false")
+    if free < checkpoint_bytes * (keep + 1):
+        log.warning("run directory %s has %s free: not enough for checkpoint.keep=%d checkpoints of about %s "
+                    "each plus the one being written; a later save may fail", run_dir, mib(free), keep,
+                    mib(checkpoint_bytes))
 
 
 def _left_pad(x: np.ndarray, width: int, value) -> np.ndarray:
@@ -148,11 +165,15 @@ class Trainer:
         if not model_dir.is_dir():
             raise ConfigError(f"model.path={cfg.model.path!r}: directory {str(model_dir)!r} does not exist")
         self.model_dir = model_dir
+        Qwen2Config.from_pretrained_dir(model_dir)  # a bad config.json is named as such, not as a tokenizer error
         self.tokenizer = load_tokenizer(resolve_model_path(cfg.model.tokenizer_path) if cfg.model.tokenizer_path
                                         else model_dir)
         dtype = jnp.dtype(cfg.model.dtype)
         compute = jnp.dtype(cfg.model.compute_dtype) if cfg.model.compute_dtype else None
-        policy = from_pretrained(model_dir, dtype=dtype, compute_dtype=compute, remat=cfg.model.remat)
+        self.mesh = make_mesh(cfg.mesh) if cfg.mesh is not None else None
+        place = sharding_for(self.mesh) if self.mesh is not None else None  # weights go straight to their shards
+        policy = from_pretrained(model_dir, dtype=dtype, compute_dtype=compute, remat=cfg.model.remat,
+                                 sharding_for=place)
         self.model_config = policy.config
         vocab = policy.config.vocab_size
         tok_vocab = len(self.tokenizer)
@@ -167,7 +188,8 @@ class Trainer:
             critic_dir = resolve_model_path(cfg.model.critic_path) if cfg.model.critic_path else model_dir
             critic = critic_cls.from_policy_checkpoint(critic_dir, seed=cfg.train.seed, dtype=dtype,
                                                        compute_dtype=compute, remat=cfg.model.remat,
-                                                       head_init_std=cfg.model.critic_head_init_std)
+                                                       head_init_std=cfg.model.critic_head_init_std,
+                                                       sharding_for=place)
             critic_gd, critic_params = nnx.split(critic)
         self.models = Models(policy=policy_gd, critic=critic_gd, critic_kind=alg.critic)
 
@@ -185,12 +207,18 @@ class Trainer:
         self.policy_tx = optim.make_optimizer(cfg.optim, total_updates)
         self.lr_schedule = optim.learning_rate_schedule(cfg.optim, total_updates)
         self.critic_tx = optim.make_optimizer(cfg.optim, total_updates, critic=True) if critic_gd is not None else None
+        opt_state = self.policy_tx.init(params)
+        critic_opt = self.critic_tx.init(critic_params) if critic_params is not None else None
+        if self.mesh is not None:  # optimizer state follows its parameters
+            opt_state = shard_like(opt_state, params, self.mesh)
+            critic_opt = shard_like(critic_opt, critic_params, self.mesh) if critic_opt is not None else None
         self.state = TrainState(
             step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(jax.random.key(cfg.train.seed)),
-            params=params, opt_state=self.policy_tx.init(params),
-            critic_params=critic_params,
-            critic_opt_state=self.critic_tx.init(critic_params) if critic_params is not None else None,
+            params=params, opt_state=opt_state, critic_params=critic_params, critic_opt_state=critic_opt,
             ref_params=jax.tree.map(jnp.copy, params) if alg.kl_beta > 0 else None)
+        if self.mesh is not None:  # scalars live on every device of the mesh, like the parameters
+            self.state = self.state.replace(step=jax.device_put(self.state.step, replicated(self.mesh)),
+                                            rng=jax.device_put(self.state.rng, replicated(self.mesh)))
 
         self.table = build_delimiter_table(self.tokenizer, alg.segmentation, vocab_size=vocab)
         self.batcher = PromptBatcher(build_source(cfg.data), self.tokenizer, cfg.data)
@@ -205,6 +233,9 @@ class Trainer:
         self.writer: MetricsWriter | None = None
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", keep=cfg.checkpoint.keep) \
             if cfg.checkpoint.enabled else None
+        if self.checkpointer is not None:
+            check_disk_space(self.run_dir, sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(self.state)),
+                             cfg.checkpoint.keep)
         self.eval_history: list[dict[str, Any]] = []
         self.start_step = 0
         if resume:
@@ -235,17 +266,28 @@ class Trainer:
         """Restores the checkpoint of `step` (None = the newest readable one); returns its step."""
         if self.checkpointer is None:
             return None
+        where = self.checkpointer.directory
         if step is None:
             found = self.checkpointer.restore_latest(self.state, check_meta=self._check_meta)
             if found is None:
+                if self.checkpointer.steps():  # never silently start afresh over a run's checkpoints
+                    raise ConfigError(f"every checkpoint in {where} {self.checkpointer.steps()} is unreadable or "
+                                      "corrupt (see the warnings above); move that directory away to train from "
+                                      "scratch, or use a new --run-dir")
                 return None
             step, state, meta = found
         else:
             if step not in self.checkpointer.steps():
-                raise ConfigError(f"no checkpoint of step {step} in {self.checkpointer.directory}; "
-                                  f"available: {self.checkpointer.steps()}")
-            state, meta = self.checkpointer.restore(step, self.state)
-            self._check_meta(meta)
+                raise ConfigError(f"no checkpoint of step {step} in {where}; available: {self.checkpointer.steps()}")
+            try:
+                self._check_meta(self.checkpointer.read_meta(step))  # a different model fails here, not in Orbax
+                state, meta = self.checkpointer.restore(step, self.state)
+            except ConfigError:
+                raise
+            except Exception as err:  # noqa: BLE001 - unreadable or corrupt: a user-facing error naming it
+                msg = " ".join(str(err).split())[:300]
+                raise ConfigError(f"checkpoint {where}/{step} is unreadable or corrupt ({msg}); choose another "
+                                  f"step of {self.checkpointer.steps()}") from None
         self.state = state
         self.batcher.restore(meta["data_cursor"])
         self.eval_history = list(meta.get("eval_history", []))
@@ -254,6 +296,12 @@ class Trainer:
         return step
 
     # ---- one rollout --------------------------------------------------------------------------
+
+    def _rows(self, x: np.ndarray) -> jax.Array:
+        """A host array of rows on device: split over the mesh's (data, fsdp) axes when there is one."""
+        if self.mesh is None:
+            return jnp.asarray(x)
+        return jax.device_put(x, batch_sharding(self.mesh, np.ndim(x)))
 
     def _generate_and_score(self, batch: PromptBatch, key: jax.Array) -> _Rollout:
         gen: GenerationResult = generate((self.models.policy, self.state.params), batch.input_ids,
@@ -328,15 +376,13 @@ class Trainer:
         if alg.mask_truncated:
             response_mask[roll.truncated] = False
         n, t = roll.tokens.shape
-        tokens = jnp.asarray(roll.tokens)
-        attn = jnp.asarray(roll.attention_mask)
-        rmask = jnp.asarray(response_mask)
-        last_prompt = jnp.full((n,), roll.prompt_width - 1, jnp.int32)
+        tokens, attn, rmask = self._rows(roll.tokens), self._rows(roll.attention_mask), self._rows(response_mask)
+        last_prompt = self._rows(np.full((n,), roll.prompt_width - 1, np.int32))
         stats = self.stats_fn(self.state, tokens, attn, last_prompt)
         old_logp, entropy = stats["old_logp"], stats["entropy"]
         seg = self.segment_fn(tokens, rmask)
-        rewards = jnp.asarray(roll.rewards)
-        zeros = jnp.zeros((n, t), jnp.float32)
+        rewards = self._rows(roll.rewards)
+        zeros = self._rows(np.zeros((n, t), np.float32))
         returns = old_values = zeros
         metrics: dict[str, float] = {}
         if alg.advantage == "group_zscore":
@@ -417,8 +463,17 @@ class Trainer:
         return metrics
 
     def save(self, step: int) -> None:
-        if self.checkpointer is not None:
+        if self.checkpointer is None:
+            return
+        try:
             self.checkpointer.save(step, self.state, self._meta(step))
+        except Exception as err:  # noqa: BLE001 - disk full, lost mount, permissions: stop with a clear error
+            msg = " ".join(str(err).split())
+            full = "No space left on device" in msg or "os_error_code='28'" in msg
+            msg = "the disk is full: No space left on device" if full else msg[:400]
+            raise TrainingError(f"cannot write the checkpoint of step {step} to {self.checkpointer.directory} "
+                                f"({msg}); free disk space (or fix the directory) and run the same command again: "
+                                "training resumes from the newest complete checkpoint") from err
 
     def run(self) -> dict[str, Any]:
         """Trains up to ``train.steps`` iterations; returns (and writes) a summary."""

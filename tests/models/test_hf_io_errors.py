@@ -52,7 +52,7 @@ def test_sharding_hook_and_mesh(tmp_path):
                          axis_types=(jax.sharding.AxisType.Auto,))
     seen = []
 
-    def sharding_for(path):
+    def sharding_for(path, shape):
         seen.append(path)
         spec = jax.sharding.PartitionSpec("fsdp") if path == ("model", "embed") else \
             jax.sharding.PartitionSpec()
