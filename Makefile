@@ -30,11 +30,13 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/sspo-jax train --config $(RUN_CONFIG) --run-dir $(RUN_DIR)
 
+# --nbmake also executes the notebooks (pyproject's testpaths: tests and notebooks); a path in
+# PYTEST_ARGS (e.g. PYTEST_ARGS="tests/algorithms -x") runs only that subset.
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadfile --nbmake $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadfile -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadfile --nbmake -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_losses.py

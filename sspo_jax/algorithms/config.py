@@ -92,6 +92,10 @@ class SegmentationConfig:
 class AlgorithmConfig:
     """Complete description of one policy-optimization algorithm (see ALGORITHMS.md).
 
+    Identity:
+      name: the preset's name (``custom`` for a hand-built config; without `preset`, a preset name here
+        selects that preset); stored in the run's summary and config.
+
     Ratio and clipping:
       eps_low, eps_high: PPO clip range ``[1 - eps_low, 1 + eps_high]`` (before entropy scaling).
       dual_clip: c > 1 caps the loss of negative-advantage tokens at ``-c * A``; None disables it.
@@ -108,25 +112,33 @@ class AlgorithmConfig:
         ``none`` h = Hbar (raw nats).
 
     Aggregation and KL:
-      loss_agg_mode: see `aggregation.py`; loss_norm_constant: the Dr. GRPO constant
-        (None = the response-length dimension T of the batch).
-      kl_beta: weight of the per-token KL to the reference policy in the loss (0 = off);
-      kl_estimator: k1 | k2 | k3; kl_clamp: optional bound on the per-token KL value.
+      loss_agg_mode: ``token-mean``, ``seq-mean-token-mean``, ``seq-mean-token-sum`` or
+        ``seq-mean-token-sum-norm`` (see `aggregation.py`).
+      loss_norm_constant: the Dr. GRPO constant of ``seq-mean-token-sum-norm`` (None = the
+        response-length dimension T of the batch).
+      kl_beta: weight of the per-token KL to the reference policy in the loss (0 = off).
+      kl_estimator: k1 | k2 | k3.
+      kl_clamp: optional bound on the per-token KL value (None = no bound).
 
     Advantages and critic:
       advantage: group_zscore | group_mean | rloo | gae | sequence_baseline.
-      adv_eps: the epsilon added to the group std; gae_gamma, gae_lambda, whiten_advantages (GAE).
+      adv_eps: the epsilon added to the group std.
+      gae_gamma, gae_lambda: discount and GAE lambda (``advantage=gae``).
+      whiten_advantages: normalise GAE advantages to mean 0, std 1 over valid tokens.
       critic: none | token (PPO value model) | prompt (SPPO scalar critic).
-      value_clip: PPO value clip range c_v; value_coef: weight of the value loss.
+      value_clip: PPO value clip range c_v.
+      value_coef: weight of the value loss.
 
     Sampling and schedule (used by the trainer):
       group_size: responses sampled per prompt (G).
-      dynamic_sampling: DAPO's filter of groups whose rewards are all equal;
-        max_sampling_rounds: cap on generation rounds used to fill a batch.
+      dynamic_sampling: DAPO's filter of groups whose rewards are all equal.
+      max_sampling_rounds: cap on generation rounds used to fill a batch.
       overlong_buffer_frac: DAPO's soft overlong penalty with L_cache = frac * max response length
-        (tokens; None = off; the DAPO paper uses 4096 of 20480 = 0.2);
-        overlong_penalty_factor: its weight; mask_truncated: drop truncated responses from the loss.
-      ppo_epochs, num_minibatches: passes and minibatches over one rollout batch.
+        (tokens; None = off; the DAPO paper uses 4096 of 20480 = 0.2).
+      overlong_penalty_factor: weight of the overlong penalty.
+      mask_truncated: drop truncated responses from the loss.
+      ppo_epochs: passes over one rollout batch.
+      num_minibatches: minibatches (optimizer steps) per pass over one rollout batch.
     """
 
     name: str = "custom"

@@ -45,7 +45,8 @@ class DataConfig:
       reasoning_gym_task: reasoning-gym dataset name.
       reasoning_gym_options: keyword arguments of that task's config (a mapping).
       batch_size: prompts per batch (B); a batch has B * group_size rows.
-      group_size: responses sampled per prompt (G); each prompt fills G consecutive rows.
+      group_size: responses sampled per prompt (G); each prompt fills G consecutive rows. In a
+        training config it defaults to (and must equal) ``algorithm.group_size``.
       shuffle: shuffle the order of records in every epoch.
       seed: shuffling seed; epoch e uses the permutation drawn from (seed, e).
       num_epochs: passes over the data; None = unlimited.

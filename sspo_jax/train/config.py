@@ -13,6 +13,7 @@ YAML layout (every section optional; see configs/ for complete files)::
     eval:       {every, size, batch_size, reward, path, samples}
     checkpoint: {every, keep}
     logging:    {tensorboard, progress}
+    mesh:       {data, fsdp, tensor}   (omit for one device; one size may be -1)
     run_dir:    runs/NAME
 
 `load_config(path, overrides)` reads a file, applies ``key.sub=value`` overrides and validates.
@@ -27,6 +28,7 @@ from typing import Any, Literal, Optional
 from sspo_jax.algorithms import presets
 from sspo_jax.algorithms.config import AlgorithmConfig, ConfigError
 from sspo_jax.data import DataConfig
+from sspo_jax.parallel.mesh import MeshConfig
 from sspo_jax.rewards import RewardConfig
 from sspo_jax.rollout import SamplingConfig
 from sspo_jax.train import config_io
@@ -88,7 +90,8 @@ class OptimConfig:
       warmup_steps: linear warmup from 0 over this many optimizer steps.
       min_lr_ratio: final learning rate as a fraction of lr (cosine/linear).
       weight_decay: decoupled weight decay.
-      b1, b2, eps: Adam moments.
+      b1, b2: Adam's decay rates of the first and second moment estimates.
+      eps: Adam's epsilon added to the denominator.
       max_grad_norm: clip the global gradient norm to this; None = no clipping.
       critic_lr: learning rate of the critic (PPO, SPPO).
     """
@@ -181,7 +184,13 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
-    """Orbax checkpoints in ``RUN_DIR/checkpoints`` (every `every` steps and at the end; keep `keep`)."""
+    """Orbax checkpoints in ``RUN_DIR/checkpoints`` (every `every` steps and at the end; keep `keep`).
+
+    Attributes:
+      every: save every this many steps (and always after the last step).
+      keep: number of newest checkpoints kept on disk.
+      enabled: save checkpoints at all (and resume from them).
+    """
 
     every: int = 10
     keep: int = 3
@@ -196,7 +205,12 @@ class CheckpointConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LoggingConfig:
-    """Metrics go to ``RUN_DIR/metrics.jsonl`` always; TensorBoard events and a progress bar optionally."""
+    """Metrics go to ``RUN_DIR/metrics.jsonl`` always; TensorBoard events and a progress bar optionally.
+
+    Attributes:
+      tensorboard: also write TensorBoard event files to ``RUN_DIR/tensorboard``.
+      progress: show a console progress bar (tqdm) with reward, accuracy and clip fraction.
+    """
 
     tensorboard: bool = True
     progress: bool = True
@@ -204,7 +218,23 @@ class LoggingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """The whole job. See the module docstring for the YAML layout."""
+    """The whole job. See the module docstring for the YAML layout.
+
+    Attributes:
+      model: the policy (and critic) checkpoints and numerics.
+      algorithm: the policy-optimization algorithm: a preset plus field overrides.
+      sampling: how rollout responses are sampled.
+      data: the prompt pipeline.
+      rewards: reward functions, their weights and the verifier pool.
+      optim: the optimizer and learning-rate schedule.
+      train: the outer RL loop.
+      eval: held-out evaluation.
+      checkpoint: Orbax checkpoints.
+      logging: metric sinks.
+      mesh: sizes of the device mesh axes (data, fsdp, tensor) for sharded training; None = one device.
+      run_dir: directory of the run's metrics, checkpoints, config and summary (resumed when it
+        holds checkpoints).
+    """
 
     model: ModelConfig = ModelConfig()
     algorithm: AlgorithmConfig = dataclasses.field(default_factory=lambda: presets.get("sspo"))
@@ -216,6 +246,7 @@ class TrainConfig:
     eval: EvalConfig = EvalConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     logging: LoggingConfig = LoggingConfig()
+    mesh: Optional[MeshConfig] = None
     run_dir: str = "runs/default"
 
     def __post_init__(self) -> None:
