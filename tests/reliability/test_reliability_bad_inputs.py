@@ -15,7 +15,6 @@ from typing import Callable
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from sspo_jax.train.config import TrainConfig
 from tests.reliability.conftest import copy_model, edit_json, model_with, run_cli, train_argv
 
 
@@ -188,9 +187,7 @@ CASES: list[tuple[str, Callable[[Ctx], list[str]], tuple[str, ...]]] = [
 
 
 @pytest.mark.parametrize("build, expected", [pytest.param(b, e, id=i) for i, b, e in CASES])
-def test_bad_input_is_a_clear_error(request, build, expected, model_dir, finished_run, tmp_path, empty_config, capsys):
-    if request.node.callspec.id.startswith("mesh") and "mesh" not in {f.name for f in dataclasses.fields(TrainConfig)}:
-        pytest.skip("no mesh section in TrainConfig yet")
+def test_bad_input_is_a_clear_error(build, expected, model_dir, finished_run, tmp_path, empty_config, capsys):
     run = tmp_path / "copied-run"
     shutil.copytree(finished_run[0], run)
     argv = build(Ctx(tmp_path, model_dir, empty_config, run))
