@@ -50,11 +50,9 @@ def _compiled(patterns: tuple[str, ...]) -> tuple[re.Pattern[str], ...]:
 def last_pattern_match(text: str, patterns: tuple[str, ...]) -> str | None:
     """Group 1 of the last match of the first pattern in `patterns` that matches `text`, or None."""
     for pattern in _compiled(tuple(patterns)):
-        found = None
-        for found in pattern.finditer(text):
-            pass
-        if found is not None:
-            return found.group(1)
+        matches = list(pattern.finditer(text))
+        if matches:
+            return matches[-1].group(1)
     return None
 
 
