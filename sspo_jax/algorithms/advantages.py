@@ -33,12 +33,18 @@ def group_zscore(rewards: Array, group_size: int, *, eps: float = 1e-6,
                  valid: Optional[Array] = None) -> tuple[Array, Array]:
     """GRPO's ``A_i = (R_i - mean_G R) / (std_G R + eps)`` with the unbiased std (ddof = 1).
 
+    A group whose rewards are all exactly equal gets ``A = 0`` exactly (ALGORITHMS.md 5).
+
     Args:
-      rewards: float [N], groups of `group_size` consecutive rows.
+      rewards: float [N], groups of `group_size` consecutive rows (``N = num_prompts * G``).
+      group_size: G, responses per prompt.
+      eps: added to the group std.
       valid: optional bool [N]; invalid rows get A = 0 (their rewards still form the group).
     Returns:
-      (advantages float32 [N], fraction of groups whose rewards are all equal (float32 scalar)).
+      (advantages float32 [N], fraction of groups whose rewards are all equal, float32 []).
       With ``group_size == 1`` every group is trivially all-equal and A = 0.
+    Raises:
+      ValueError: `group_size` < 1 or N is not a multiple of it.
     """
     g = _groups(rewards, group_size)
     same = _all_equal(g)
@@ -55,16 +61,31 @@ def group_zscore(rewards: Array, group_size: int, *, eps: float = 1e-6,
 
 
 def group_mean(rewards: Array, group_size: int) -> Array:
-    """Dr. GRPO's ``A_i = R_i - mean_G R`` (no std); all-equal groups give exactly 0. [N]"""
+    """Dr. GRPO's ``A_i = R_i - mean_G R`` (no std); all-equal groups give exactly 0.
+
+    Args:
+      rewards: float [N], groups of `group_size` consecutive rows.
+      group_size: G, responses per prompt.
+    Returns:
+      float32 [N] advantages.
+    Raises:
+      ValueError: `group_size` < 1 or N is not a multiple of it.
+    """
     g = _groups(rewards, group_size)
     adv = g - jnp.mean(g, axis=1, keepdims=True)
     return jnp.where(_all_equal(g), 0.0, adv).reshape(-1)
 
 
 def rloo(rewards: Array, group_size: int) -> Array:
-    """REINFORCE leave-one-out: ``A_i = R_i - mean_{j != i} R_j = G/(G-1) (R_i - mean_G R)``. [N]
+    """REINFORCE leave-one-out: ``A_i = R_i - mean_{j != i} R_j = G/(G-1) (R_i - mean_G R)``.
 
-    ``group_size == 1`` has no other sample to compare with and gives 0.
+    Args:
+      rewards: float [N], groups of `group_size` consecutive rows.
+      group_size: G, responses per prompt; 1 has no other sample to compare with and gives 0.
+    Returns:
+      float32 [N] advantages; all-equal groups give exactly 0.
+    Raises:
+      ValueError: `group_size` < 1 or N is not a multiple of it.
     """
     if group_size == 1:
         return jnp.zeros(rewards.shape, jnp.float32)
@@ -74,8 +95,15 @@ def rloo(rewards: Array, group_size: int) -> Array:
 
 
 def outcome_token_rewards(rewards: Array, response_mask: Array) -> Array:
-    """Places each row's outcome reward on its last valid token (float32 [B, T]; rows with no
-    valid token get nothing)."""
+    """Places each row's outcome reward on its last valid token (PPO's sparse token reward).
+
+    Args:
+      rewards: float [B] outcome reward per response.
+      response_mask: bool or 0/1 [B, T].
+    Returns:
+      float32 [B, T]: ``r[b, t] = R_b`` at the last t with ``response_mask[b, t]``, 0 elsewhere
+      (all 0 for a row with no valid token).
+    """
     valid = response_mask.astype(bool)
     t = valid.shape[1]
     last = t - 1 - jnp.argmax(valid[:, ::-1], axis=1)  # index of the last valid token
@@ -90,12 +118,18 @@ def gae(token_rewards: Array, values: Array, response_mask: Array, *, gamma: flo
     ``delta_t = r_t + gamma * V_next - V_t``, ``A_t = delta_t + gamma * lam * A_next``, where
     "next" is the next *valid* token (masked positions are skipped, V = 0 after the last).
 
+    With ``gamma = lam = 1`` and an outcome reward R on the last token, ``A_t = R - V_t``.
+
     Args:
-      token_rewards: float [B, T] (e.g. `outcome_token_rewards`, minus a KL-in-reward term).
-      values: float [B, T] critic values at each position (no gradient taken here).
-      response_mask: [B, T].
+      token_rewards: float [B, T] (e.g. `outcome_token_rewards`, minus a KL-in-reward term);
+        ignored on masked positions.
+      values: float [B, T] critic values V_t at each position (stop-gradient; ignored on masked
+        positions).
+      response_mask: bool or 0/1 [B, T].
+      gamma: discount.
+      lam: GAE lambda.
     Returns:
-      (advantages, returns = advantages + values), float32 [B, T], 0 on masked positions.
+      (advantages, returns = advantages + values), float32 [B, T] each, 0 on masked positions.
       No whitening here: see `whiten`.
     """
     valid = response_mask.astype(bool)
@@ -118,7 +152,15 @@ def gae(token_rewards: Array, values: Array, response_mask: Array, *, gamma: flo
 
 
 def whiten(values: Array, response_mask: Array, eps: float = 1e-8) -> Array:
-    """``(x - mean) / (std + eps)`` over valid tokens of the batch; 0 on padding. [B, T]"""
+    """``(x - mean) / (std + eps)`` with mean and population std over the valid tokens of the batch.
+
+    Args:
+      values: float [B, T] (e.g. GAE advantages); ignored on masked positions.
+      response_mask: bool or 0/1 [B, T].
+      eps: added to the std.
+    Returns:
+      float32 [B, T], 0 on masked positions (all 0 when no token is valid).
+    """
     valid = response_mask.astype(bool)
     n = jnp.maximum(jnp.sum(valid), 1)
     x = jnp.where(valid, values.astype(jnp.float32), 0.0)
@@ -128,5 +170,12 @@ def whiten(values: Array, response_mask: Array, eps: float = 1e-8) -> Array:
 
 
 def sequence_baseline(rewards: Array, critic_logit: Array) -> Array:
-    """SPPO's ``A = R - V(x)`` with ``V(x) = sigmoid(z(x))`` from the prompt-only critic. [B]"""
+    """SPPO's ``A = R - V(x)`` with ``V(x) = sigmoid(z(x))`` from the prompt-only critic.
+
+    Args:
+      rewards: float [B] outcome rewards R in [0, 1].
+      critic_logit: float [B] critic logits z(x) (stop-gradient).
+    Returns:
+      float32 [B] advantages; broadcast them to every response token of the row.
+    """
     return rewards.astype(jnp.float32) - jax.nn.sigmoid(jax.lax.stop_gradient(critic_logit).astype(jnp.float32))

@@ -28,13 +28,25 @@ Array = jax.Array
 
 def aggregate(per_token: Array, response_mask: Array, mode: str,
               norm_constant: Optional[float] = None) -> tuple[Array, Array]:
-    """Reduces a per-token quantity [B, T] to ``(sum, denominator)`` float32 scalars.
+    """Reduces a per-token quantity [B, T] to a ``(sum, denominator)`` pair.
+
+    With ``x = per_token``, ``m = response_mask``, ``n_b = sum_t m_{b,t}`` and R = the number
+    of rows with ``n_b > 0``:
+
+    - ``token-mean``: ``(sum_{b,t} m x, sum_b n_b)``
+    - ``seq-mean-token-mean``: ``(sum_b sum_t m x / n_b, R)`` (empty rows add 0)
+    - ``seq-mean-token-sum``: ``(sum_{b,t} m x, R)``
+    - ``seq-mean-token-sum-norm``: ``(sum_{b,t} m x / C, R)``
 
     Args:
-      per_token: [B, T] values (padding positions are ignored whatever they hold).
-      response_mask: [B, T] 0/1.
+      per_token: float [B, T] values (masked positions are ignored whatever they hold).
+      response_mask: bool or 0/1 [B, T].
       mode: one of `LOSS_AGG_MODES`.
-      norm_constant: C for ``seq-mean-token-sum-norm``; None uses T = per_token.shape[1].
+      norm_constant: C for ``seq-mean-token-sum-norm``; None uses ``T = per_token.shape[1]``.
+    Returns:
+      (loss_sum, denominator), float32 [] each; the denominator depends only on the mask.
+    Raises:
+      ValueError: `mode` is not one of `LOSS_AGG_MODES`.
     """
     valid = response_mask.astype(bool)
     x = jnp.where(valid, per_token.astype(jnp.float32), 0.0)
@@ -53,5 +65,11 @@ def aggregate(per_token: Array, response_mask: Array, mode: str,
 
 
 def safe_divide(loss_sum: Array, denominator: Array) -> Array:
-    """``loss_sum / max(denominator, 1)``: the mean, and 0 for an empty batch (sum is 0 then)."""
+    """``loss_sum / max(denominator, 1)``: the mean, and 0 for an empty batch (sum is 0 then).
+
+    Args:
+      loss_sum, denominator: float32 [] (or any broadcastable shapes), e.g. from `aggregate`.
+    Returns:
+      The quotient, shaped like the broadcast inputs.
+    """
     return loss_sum / jnp.maximum(denominator, 1.0)

@@ -27,22 +27,29 @@ Array = jax.Array
 @dataclasses.dataclass(frozen=True)
 class EntropyStats:
     """Sums over valid segments of the segment-mean entropy Hbar: additive across micro-batches
-    and devices, so the normaliser of the global batch can be formed before the loss."""
+    and devices (``a + b``), so the normaliser of the global batch can be formed before the loss.
 
-    total: Array  # sum_k Hbar_k
-    total_sq: Array  # sum_k Hbar_k^2
-    count: Array  # number of valid segments
+    Attributes:
+      total: float32 [], ``sum_k Hbar_k``.
+      total_sq: float32 [], ``sum_k Hbar_k^2``.
+      count: float32 [], the number of valid segments.
+    """
+
+    total: Array
+    total_sq: Array
+    count: Array
 
     def __add__(self, other: "EntropyStats") -> "EntropyStats":
         return EntropyStats(self.total + other.total, self.total_sq + other.total_sq, self.count + other.count)
 
     @property
     def mean(self) -> Array:
+        """Mean of Hbar over segments, float32 [] (0 when there is no segment)."""
         return self.total / jnp.maximum(self.count, 1.0)
 
     @property
     def std(self) -> Array:
-        """Population standard deviation of Hbar over segments."""
+        """Population standard deviation of Hbar over segments, float32 [] (0 when there is none)."""
         return jnp.sqrt(jnp.maximum(self.total_sq / jnp.maximum(self.count, 1.0) - self.mean**2, 0.0))
 
 
@@ -58,7 +65,15 @@ def _segment_entropy(entropy: Array, response_mask: Array, seg_ids: Array):
 
 
 def segment_entropy_stats(entropy: Array, response_mask: Array, seg_ids: Array) -> EntropyStats:
-    """`EntropyStats` of a batch; add those of all micro-batches to normalise globally."""
+    """`EntropyStats` of a batch; add those of all micro-batches to normalise globally.
+
+    Args:
+      entropy: float [B, T] old-policy token entropies (nats; stop-gradient; ignored on padding).
+      response_mask: bool or 0/1 [B, T].
+      seg_ids: int [B, T] segment ids (-1 on padding), from `segments.segment_ids`.
+    Returns:
+      `EntropyStats` of float32 [] sums over the batch's non-empty segments.
+    """
     hbar, seg_valid, _ = _segment_entropy(entropy, response_mask, seg_ids)
     w = seg_valid.astype(jnp.float32)
     return EntropyStats(jnp.sum(w * hbar), jnp.sum(w * hbar**2), jnp.sum(w))
@@ -66,13 +81,23 @@ def segment_entropy_stats(entropy: Array, response_mask: Array, seg_ids: Array) 
 
 def entropy_scale(cfg: AlgorithmConfig, entropy: Array, response_mask: Array, seg_ids: Array,
                   stats: Optional[EntropyStats] = None) -> Array:
-    """SSPO's clip-bound scale ``g`` per token (float32 [B, T]; 1 on padding; no gradient).
+    """SSPO's clip-bound scale ``g_k = clip(1 + alpha * (h_k - 1), g_min, g_max)`` per token.
+
+    ``Hbar_k`` is the mean entropy of segment k and, per ``cfg.entropy_norm``, ``h_k`` is
+    ``Hbar_k / mean(Hbar)`` (``ratio``; h = 1 when the mean is ~0), ``1 + (Hbar_k - mean(Hbar)) /
+    (std(Hbar) + 1e-6)`` (``zscore``) or ``Hbar_k`` (``none``), with the mean and std over the
+    valid segments of `stats`. The bounds become ``eps_low * g`` and ``eps_high * g``.
 
     Args:
-      cfg: uses entropy_alpha, entropy_g_min, entropy_g_max, entropy_norm.
-      entropy: [B, T] old-policy entropy of the next-token distribution at each position (nats).
-      response_mask, seg_ids: as everywhere ([B, T]).
+      cfg: uses entropy_alpha (0 gives g = 1 everywhere), entropy_g_min, entropy_g_max,
+        entropy_norm.
+      entropy: float [B, T] old-policy entropy of the next-token distribution at each position
+        (nats; ignored on padding).
+      response_mask: bool or 0/1 [B, T].
+      seg_ids: int [B, T] segment ids (-1 on padding).
       stats: global-batch `EntropyStats`; None computes them from this batch.
+    Returns:
+      float32 [B, T]: ``g_{k(t)}`` on valid tokens, 1 on padding; stop-gradient.
     """
     valid = response_mask.astype(bool)
     if cfg.entropy_alpha == 0.0:
@@ -94,25 +119,36 @@ def entropy_scale(cfg: AlgorithmConfig, entropy: Array, response_mask: Array, se
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class SurrogateOutput:
-    """Per-token clipped-surrogate loss and clip indicators ([B, T] each)."""
+    """Per-token clipped-surrogate loss and clip indicators, [B, T] each, 0/False on padding.
 
-    loss: Array  # float32; 0 on padding
-    clipped_low: Array  # bool: A < 0 and rho < 1 - e_lo (clipped branch strictly selected)
-    clipped_high: Array  # bool: A > 0 and rho > 1 + e_hi
-    dual_clipped: Array  # bool: A < 0 and the loss is capped at -c * A
+    Attributes:
+      loss: float32, the per-token loss.
+      clipped_low: bool, ``A < 0 and rho < 1 - e_lo`` (the clipped branch strictly selected).
+      clipped_high: bool, ``A > 0 and rho > 1 + e_hi``.
+      dual_clipped: bool, ``A < 0`` and the loss is capped at ``-c * A``.
+    """
+
+    loss: Array
+    clipped_low: Array
+    clipped_high: Array
+    dual_clipped: Array
 
 
 def clipped_surrogate(log_ratio: Array, advantages: Array, response_mask: Array, eps_low,
                       eps_high, dual_clip: Optional[float] = None) -> SurrogateOutput:
-    """``-min(rho*A, clip(rho, 1-eps_low, 1+eps_high)*A)`` per token, with optional dual clip.
+    """``loss_t = -min(rho*A, clip(rho, 1-eps_low, 1+eps_high)*A)`` with ``rho = exp(log_ratio)``.
+
+    With dual clip c, for ``A < 0`` the loss is ``min(loss_t, -c*A)``. The clipped branch is
+    written with `where`, so a clipped token's gradient is exactly 0.
 
     Args:
       log_ratio: float32 [B, T] log of the ratio at each token (already clamped).
-      advantages: [B, T] per-token advantages.
-      response_mask: [B, T].
-      eps_low, eps_high: scalars or [B, T] (entropy-scaled) bounds; no gradient flows into them.
-      dual_clip: c > 1: for A < 0 the loss is ``min(loss, -c*A)``; None disables it.
-    The clipped branch is written with `where` so its gradient is exactly 0.
+      advantages: float [B, T] per-token advantages.
+      response_mask: bool or 0/1 [B, T].
+      eps_low, eps_high: float scalars or [B, T] (entropy-scaled) bounds; stop-gradient.
+      dual_clip: c > 1; None disables it.
+    Returns:
+      `SurrogateOutput` of [B, T] arrays, 0/False on padding.
     """
     valid = response_mask.astype(bool)
     adv = advantages.astype(jnp.float32)

@@ -32,9 +32,19 @@ class LossOutput:
     """A loss as ``loss_sum / denominator`` plus diagnostics.
 
     Sum `loss_sum` and `denominator` over micro-batches or devices before dividing; `loss` is the
-    mean of this batch alone (0 when it has no valid token). `metrics` maps names to float32
-    scalars of this batch (token-weighted means unless the name says min/max); `num_tokens` is the
-    weight for merging them across batches.
+    mean of this batch alone (0 when it has no valid token).
+
+    Attributes:
+      loss_sum: float32 [], the aggregated loss numerator (differentiable).
+      denominator: float32 [], depends on the mask only (see `aggregation.aggregate`).
+      metrics: name -> float32 [] of this batch, stop-gradient: token means (``clip_frac_low``,
+        ``clip_frac_high``, ``clip_frac_dual``, ``ratio_mean``, ``approx_kl`` (k3 to the old
+        policy), ``g_mean``, ``kl`` with KL, ``entropy`` when entropy is given), fractions of
+        segments (``seg_clip_frac_low/high``), extremes (``ratio_min/max``, ``g_min/max``),
+        segment statistics (``segments_per_response``, ``mean_segment_length``) and the
+        configured (unscaled) ``eps_low``, ``eps_high``.
+      num_tokens: float32 [], valid tokens of this batch: the weight for merging `metrics`
+        across batches (``*_min``/``*_max`` merge by extremes).
     """
 
     loss_sum: Array
@@ -44,6 +54,7 @@ class LossOutput:
 
     @property
     def loss(self) -> Array:
+        """``loss_sum / max(denominator, 1)``, float32 []."""
         return aggregation.safe_divide(self.loss_sum, self.denominator)
 
 
@@ -74,12 +85,23 @@ def policy_loss(cfg: AlgorithmConfig, logp: Array, old_logp: Array, advantages: 
                 entropy_stats: Optional[clipping.EntropyStats] = None) -> LossOutput:
     """The clipped policy-gradient loss of any preset, as a (sum, denominator) pair.
 
+    Per valid token t of unit k(t) (ALGORITHMS.md 1d):
+
+        loss_t = -min(rho_t * A_t, clip(rho_t, 1 - eps_low * g_k, 1 + eps_high * g_k) * A_t)
+                 [capped at -c * A_t for A_t < 0 with dual clip c] + kl_beta * KL_t
+
+    where ``rho_t = exp(L_{k(t)})`` in ``cfg.ratio_form`` (`ratios.per_token_log_ratio`),
+    ``L_k`` = the clamped mean token log-ratio of the unit, ``g`` = `clipping.entropy_scale`
+    (1 when ``entropy_alpha == 0``), ``KL_t`` = ``cfg.kl_estimator`` between `logp` and
+    `ref_logp`; then aggregated per ``cfg.loss_agg_mode`` (`aggregation.aggregate`).
+
     Args:
       cfg: the algorithm (static; hashable frozen dataclass).
-      logp: float [B, T] log-probs of the taken tokens under the current policy (gradient flows).
-      old_logp: float [B, T] log-probs under the behaviour policy (no gradient).
+      logp: float [B, T] log-probs of the taken tokens under the current policy (gradient flows);
+        padding may hold anything, even -inf.
+      old_logp: float [B, T] log-probs under the behaviour policy (stop-gradient).
       advantages: float [B] (one per response) or [B, T] (per token).
-      response_mask: [B, T] 1 on trained response tokens.
+      response_mask: bool or 0/1 [B, T], 1 on trained response tokens (EOS included).
       segment_ids: int [B, T] from `segments.segment_ids` (-1 on padding); may be omitted when
         ``cfg.segmentation.granularity`` is ``token`` or ``sequence``.
       entropy: float [B, T] old-policy entropies; required when ``cfg.entropy_alpha > 0``.
@@ -87,7 +109,11 @@ def policy_loss(cfg: AlgorithmConfig, logp: Array, old_logp: Array, advantages: 
       entropy_stats: `EntropyStats` of the global batch (exact entropy normalisation under
         micro-batching); None normalises over this batch.
     Returns:
-      `LossOutput` with float32 scalars.
+      `LossOutput` with float32 [] fields.
+    Raises:
+      ValueError: `logp`/`old_logp`/`advantages` have the wrong shape; `entropy` is missing with
+        ``entropy_alpha > 0`` or `ref_logp` with ``kl_beta > 0``; `segment_ids` is missing with
+        ``granularity="subsentence"``.
     """
     valid = response_mask.astype(bool)
     b, t = valid.shape
@@ -160,8 +186,14 @@ def clipped_value_loss(values: Array, old_values: Array, returns: Array, respons
                        clip: float = 0.5) -> tuple[Array, Array]:
     """PPO value loss ``0.5 * max((V - G)^2, (clip(V, V_old - c, V_old + c) - G)^2)``, token-mean.
 
-    Args: values (gradient flows), old_values, returns: float [B, T]; response_mask [B, T].
-    Returns: (loss_sum, denominator = number of valid tokens).
+    Args:
+      values: float [B, T] current values V (gradient flows).
+      old_values: float [B, T] values V_old at rollout time (stop-gradient).
+      returns: float [B, T] targets G (stop-gradient).
+      response_mask: bool or 0/1 [B, T]; other positions are ignored.
+      clip: c, the value clip range.
+    Returns:
+      (loss_sum, denominator = number of valid tokens), float32 [] each.
     """
     v = values.astype(jnp.float32)
     v_old = jax.lax.stop_gradient(old_values).astype(jnp.float32)
@@ -174,9 +206,15 @@ def clipped_value_loss(values: Array, old_values: Array, returns: Array, respons
 def bce_critic_loss(logit: Array, rewards: Array, valid: Optional[Array] = None) -> tuple[Array, Array]:
     """SPPO critic loss: binary cross-entropy between ``sigmoid(z(x))`` and R in [0, 1].
 
-    ``BCE(z, R) = softplus(z) - R * z`` (stable for any z), so ``dBCE/dz = sigmoid(z) - R = -A``.
-    Args: logit z float [B] (gradient flows); rewards float [B]; valid optional bool [B].
-    Returns: (loss_sum, denominator = number of valid prompts).
+    ``BCE(z, R) = -R log sigmoid(z) - (1 - R) log(1 - sigmoid(z)) = softplus(z) - R * z``
+    (stable for any z), so ``dBCE/dz = sigmoid(z) - R = -A``.
+
+    Args:
+      logit: float [B] critic logits z(x) (gradient flows).
+      rewards: float [B] targets R in [0, 1] (stop-gradient).
+      valid: optional bool [B]; invalid rows are ignored. None: every row counts.
+    Returns:
+      (loss_sum, denominator = number of valid rows), float32 [] each.
     """
     z = logit.astype(jnp.float32)
     r = jax.lax.stop_gradient(rewards).astype(jnp.float32)

@@ -68,8 +68,11 @@ def names() -> list[str]:
 def get(name: str, **overrides: Any) -> AlgorithmConfig:
     """The preset `name` with `overrides` applied and validated.
 
-    ``segmentation`` may be overridden with a `SegmentationConfig` or a dict of its fields.
-    Raises `ConfigError` for an unknown preset, an unknown field or an invalid value.
+    ``segmentation`` may be overridden with a `SegmentationConfig` or a dict of its fields
+    (merged into the preset's).
+
+    Raises:
+      ConfigError: an unknown preset, an unknown field or an invalid value.
     """
     if name not in PRESETS:
         raise ConfigError(f"unknown algorithm preset {name!r}; known presets: {names()}")
@@ -85,7 +88,11 @@ def get(name: str, **overrides: Any) -> AlgorithmConfig:
 
 
 def register(cfg: AlgorithmConfig) -> AlgorithmConfig:
-    """Adds a user preset under ``cfg.name`` (an existing name is an error)."""
+    """Adds a user preset under ``cfg.name`` and returns `cfg`.
+
+    Raises:
+      ConfigError: a preset of that name exists already.
+    """
     if cfg.name in PRESETS:
         raise ConfigError(f"preset {cfg.name!r} already exists; choose another name")
     PRESETS[cfg.name] = cfg

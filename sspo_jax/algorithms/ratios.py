@@ -18,18 +18,28 @@ Array = jax.Array
 
 
 def token_log_ratio(logp: Array, old_logp: Array, response_mask: Array) -> Array:
-    """``Delta = logp - old_logp`` on valid tokens, exactly 0 elsewhere (float32 [B, T]).
+    """``Delta_t = logp_t - old_logp_t`` on valid tokens, exactly 0 elsewhere.
 
-    Padding positions may hold any value (even -inf) in `logp` and `old_logp`.
+    Args:
+      logp, old_logp: float [B, T] log-probs of the taken tokens; padding positions may hold
+        any value (even -inf).
+      response_mask: bool or 0/1 [B, T].
+    Returns:
+      float32 [B, T].
     """
     valid = response_mask.astype(bool)
     return jnp.where(valid, logp.astype(jnp.float32) - old_logp.astype(jnp.float32), 0.0)
 
 
 def segment_mean(values: Array, response_mask: Array, seg_ids: Array) -> Array:
-    """Mean of `values` [B, T] over each token's segment, broadcast back to tokens.
+    """``mean_{s in k(t)} values_s`` over each token's segment k(t), broadcast back to tokens.
 
-    Returns float32 [B, T]; 0 on padding. Gradients flow to every token of the segment.
+    Args:
+      values: float [B, T]; ignored on padding.
+      response_mask: bool or 0/1 [B, T].
+      seg_ids: int [B, T] row-local segment ids (-1 on padding).
+    Returns:
+      float32 [B, T]; 0 on padding. Gradients flow to every token of the segment.
     """
     valid = response_mask.astype(bool)
     flat, n = flat_segment_index(seg_ids)
@@ -42,17 +52,34 @@ def segment_mean(values: Array, response_mask: Array, seg_ids: Array) -> Array:
 
 def segment_log_ratio(logp: Array, old_logp: Array, response_mask: Array, seg_ids: Array,
                       clamp: float = 20.0) -> Array:
-    """``L_{k(t)} = clip(mean_{s in k(t)} Delta_s, -clamp, clamp)`` per token (float32 [B, T]).
+    """``L_{k(t)} = clip(mean_{s in k(t)} Delta_s, -clamp, clamp)`` per token.
 
     With token-level ids this is the clamped token log-ratio (GRPO); with one id per row it is
-    GSPO's length-normalised sequence log-ratio.
+    GSPO's length-normalised sequence log-ratio. ``exp(L)`` is the geometric mean of the
+    segment's token ratios.
+
+    Args:
+      logp, old_logp: float [B, T] log-probs of the taken tokens (any value on padding).
+      response_mask: bool or 0/1 [B, T].
+      seg_ids: int [B, T] row-local segment ids (-1 on padding).
+      clamp: bound on |L|, applied to the mean (never to single tokens).
+    Returns:
+      float32 [B, T]; 0 on padding.
     """
     delta = token_log_ratio(logp, old_logp, response_mask)
     return jnp.clip(segment_mean(delta, response_mask, seg_ids), -clamp, clamp)
 
 
 def sequence_log_ratio(logp: Array, old_logp: Array, response_mask: Array, clamp: float = 20.0) -> Array:
-    """GSPO's ``log s_i = clip(mean_t Delta_{i,t})`` per response (float32 [B]; 0 for empty rows)."""
+    """GSPO's ``log s_i = clip(mean_t Delta_{i,t}, -clamp, clamp)`` over each response's valid tokens.
+
+    Args:
+      logp, old_logp: float [B, T] log-probs of the taken tokens (any value on padding).
+      response_mask: bool or 0/1 [B, T].
+      clamp: bound on |log s_i|.
+    Returns:
+      float32 [B]; 0 for rows with no valid token.
+    """
     valid = response_mask.astype(jnp.float32)
     delta = token_log_ratio(logp, old_logp, response_mask)
     mean = jnp.sum(delta, axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1.0)
@@ -66,6 +93,16 @@ def per_token_log_ratio(unit_log_ratio: Array, logp: Array, response_mask: Array
     for token t alone, so per-token advantages are allowed. ``form='broadcast'``: ``L`` itself,
     the gradient spread over the unit through the mean. Both equal in value; in gradient too when
     the advantage is constant inside each unit.
+
+    Args:
+      unit_log_ratio: float32 [B, T] ``L_{k(t)}``, e.g. from `segment_log_ratio`.
+      logp: float [B, T] current log-probs (gradient flows; any value on padding).
+      response_mask: bool or 0/1 [B, T].
+      form: ``sg`` or ``broadcast``.
+    Returns:
+      float32 [B, T] log rho_t; on padding, `unit_log_ratio`'s value (0 from `segment_log_ratio`).
+    Raises:
+      ValueError: `form` is not ``sg`` or ``broadcast``.
     """
     if form == "broadcast":
         return unit_log_ratio

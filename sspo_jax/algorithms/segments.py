@@ -47,12 +47,22 @@ class DelimiterTable:
 
     @property
     def vocab_size(self) -> int:
+        """V, the number of ids the table covers."""
         return int(self.is_delim.shape[0])
 
     @classmethod
     def from_token_texts(cls, texts: list[str], cfg: SegmentationConfig,
                          special: frozenset[int] = frozenset()) -> "DelimiterTable":
-        """Builds the table from the decoded text of each vocabulary id (index = id)."""
+        """Builds the table from the decoded text of each vocabulary id.
+
+        Args:
+          texts: V strings, ``texts[i]`` the decoded text of id i.
+          cfg: uses ``cfg.active_delimiters``.
+          special: ids that are never delimiters nor digits (special tokens such as EOS); empty
+            texts are neither.
+        Returns:
+          A `DelimiterTable` of bool [V] arrays.
+        """
         delims = set(cfg.active_delimiters)
         n = len(texts)
         is_delim = np.zeros(n, bool)
@@ -96,7 +106,11 @@ def build_delimiter_table(tokenizer: Any, cfg: SegmentationConfig = Segmentation
       vocab_size: the model's vocabulary size when it is larger than the tokenizer's (Qwen pads
         its embedding matrix); extra ids are never delimiters. Must not be smaller.
     Returns:
-      A `DelimiterTable` of shape [vocab_size or len(tokenizer)].
+      A `DelimiterTable` of shape [vocab_size or len(tokenizer)]; special tokens are never
+      delimiters.
+    Raises:
+      TypeError: `tokenizer` is not a Hugging Face tokenizer.
+      ValueError: `vocab_size` is smaller than the tokenizer's number of ids.
     """
     texts, special = _tokenizer_texts(tokenizer)
     if vocab_size is not None:
@@ -160,16 +174,24 @@ def _apply_max_length(start: Array, valid: Array, max_len: int) -> Array:
 
 def segment_ids(tokens: Array, response_mask: Array, table: Union[DelimiterTable, Array],
                 cfg: SegmentationConfig = SegmentationConfig()) -> Array:
-    """Per-token subsentence ids of each response row; jit- and vmap-safe.
+    """Per-token subsentence ids of each response row; jit- and vmap-safe [project choice].
+
+    A segment starts at a valid token that follows a delimiter (not a protected decimal
+    separator) or a masked position, so a delimiter is the last token of its segment, and
+    ``seg_id = cumsum(starts) - 1`` per row; then segments shorter than ``cfg.min_segment_len``
+    are merged and those longer than ``cfg.max_segment_len`` split. ``granularity="token"``
+    gives ids 0, 1, 2, ... per valid token; ``"sequence"`` gives 0 on every valid token (the
+    table is then unused).
 
     Args:
-      tokens: int [B, T] token ids (prompt and response positions alike).
-      response_mask: [B, T] bool/0-1, 1 on trained response tokens (EOS included).
+      tokens: int [B, T] token ids (prompt and response positions alike); ids outside the table
+        are no delimiters.
+      response_mask: bool or 0/1 [B, T], 1 on trained response tokens (EOS included).
       table: a `DelimiterTable`, or a bool [V] delimiter array (then no decimal protection).
       cfg: granularity, decimal protection and segment length limits (static).
     Returns:
-      int32 [B, T]: 0, 1, 2, ... per row over valid tokens, non-decreasing along the row;
-      -1 where `response_mask` is 0.
+      int32 [B, T]: 0, 1, 2, ... per row, non-decreasing over the row's valid tokens; -1 where
+      `response_mask` is 0.
     """
     valid = response_mask.astype(bool)
     if cfg.granularity == "token":
@@ -195,7 +217,17 @@ def segment_ids(tokens: Array, response_mask: Array, table: Union[DelimiterTable
 
 
 def units_from_mask(response_mask: Array, granularity: str) -> Array:
-    """Segment ids for the two tokenizer-free granularities, ``token`` and ``sequence``."""
+    """Segment ids for the two tokenizer-free granularities, ``token`` and ``sequence``.
+
+    Args:
+      response_mask: bool or 0/1 [B, T].
+      granularity: ``token`` (ids 0, 1, 2, ... per valid token: GRPO) or ``sequence`` (0 on
+        every valid token: GSPO).
+    Returns:
+      int32 [B, T] ids, -1 where `response_mask` is 0.
+    Raises:
+      ValueError: `granularity` is ``subsentence`` (or unknown); that one needs tokens.
+    """
     if granularity not in ("token", "sequence"):
         raise ValueError(
             f"granularity={granularity!r} needs segment_ids computed from tokens with segment_ids(); "
@@ -207,8 +239,11 @@ def units_from_mask(response_mask: Array, granularity: str) -> Array:
 def flat_segment_index(seg_ids: Array) -> tuple[Array, int]:
     """Maps row-local ids [B, T] to one index space for `jax.ops.segment_sum`.
 
-    Returns ``(flat [B, T] int32, num_segments)`` with ``flat = b * T + id`` for valid tokens and
-    ``B * T`` (a dump slot) for padding; ``num_segments = B * T + 1`` is static.
+    Args:
+      seg_ids: int [B, T] row-local ids, negative on padding.
+    Returns:
+      ``(flat, num_segments)``: int32 [B, T] ``flat = b * T + id`` for valid tokens and ``B * T``
+      (a dump slot) for padding; ``num_segments = B * T + 1``, a static Python int.
     """
     b, t = seg_ids.shape
     row = jnp.arange(b, dtype=jnp.int32)[:, None] * t
@@ -217,7 +252,15 @@ def flat_segment_index(seg_ids: Array) -> tuple[Array, int]:
 
 
 def segment_stats(seg_ids: Array, response_mask: Array) -> dict[str, Array]:
-    """Segments per non-empty response and mean segment length (float32 scalars)."""
+    """Segments per non-empty response and mean segment length in tokens.
+
+    Args:
+      seg_ids: int [B, T] ids from `segment_ids` (-1 on padding).
+      response_mask: bool or 0/1 [B, T].
+    Returns:
+      ``{"segments_per_response", "mean_segment_length"}``, float32 [] each (0 for an empty
+      batch).
+    """
     valid = response_mask.astype(bool)
     n_segments = jnp.max(seg_ids, axis=1) + 1  # [B], 0 for empty rows
     rows = jnp.sum(n_segments > 0)

@@ -24,7 +24,12 @@ from sspo_jax.data.records import DataError, ListSource, PromptRecord, PromptSou
 
 
 def build_source(cfg: DataConfig) -> PromptSource:
-    """The `PromptSource` that ``cfg.source`` names, built from the other fields."""
+    """The `PromptSource` that ``cfg.source`` names, built from the other fields.
+
+    Raises:
+      DataError: the file or the generated task cannot be read or built (see each source).
+      ImportError: the source needs the ``data`` extra (Parquet, reasoning-gym).
+    """
     if cfg.source == "arithmetic":
         return ArithmeticSource(cfg.size, cfg.generator_seed, cfg.arithmetic)
     if cfg.source == "jsonl":

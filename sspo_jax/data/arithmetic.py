@@ -83,7 +83,11 @@ def _apply(op: str, a: int, b: int) -> int:
 
 
 def problem(index: int, seed: int = 0, cfg: ArithmeticConfig | None = None) -> dict[str, str]:
-    """Problem `index` of the task with `seed`: ``{"prompt", "answer", "solution"}``."""
+    """Problem `index` of the task with `seed`: ``{"prompt", "answer", "solution"}`` strings.
+
+    Deterministic in ``(seed, index)``. Raises `DataError` when `cfg` allows no problem with
+    the drawn number of steps (after 1000 redraws).
+    """
     cfg = cfg or ArithmeticConfig()
     rng = np.random.default_rng([seed, index])
     for _ in range(1000):  # redraw when the knobs leave no valid operation at some step
@@ -122,7 +126,15 @@ def problems(n: int, seed: int = 0, cfg: ArithmeticConfig | None = None) -> list
 
 
 class ArithmeticSource:
-    """`PromptSource` of `size` arithmetic problems; meta carries the worked ``solution``."""
+    """`PromptSource` of `size` arithmetic problems; meta carries the worked ``solution``.
+
+    Args:
+      size: number of problems (>= 1).
+      seed: generator seed (problem i depends only on (seed, i)).
+      cfg: difficulty knobs; None = `ArithmeticConfig()`.
+    Raises:
+      DataError: ``size < 1``.
+    """
 
     def __init__(self, size: int, seed: int = 0, cfg: ArithmeticConfig | None = None) -> None:
         if size < 1:

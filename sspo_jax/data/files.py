@@ -137,6 +137,10 @@ class ParquetSource(_ListBacked):
     """Records from a Parquet file (needs pyarrow, in the ``data`` extra).
 
     Same arguments as `JsonlSource`; errors name the file and the 1-based row.
+
+    Raises:
+      DataError: an unreadable file, a missing column or a bad row.
+      ImportError: pyarrow is not installed.
     """
 
     def __init__(self, path: str | os.PathLike, prompt_field: str = "problem", answer_field: str = "answer",

@@ -21,6 +21,9 @@ class ReasoningGymSource:
       size: number of items.
       seed: generator seed.
       options: further keyword arguments of the task's config (difficulty knobs).
+    Raises:
+      DataError: an unknown task, ``size < 1`` or options the task rejects.
+      ImportError: reasoning-gym is not installed.
     """
 
     def __init__(self, task: str, size: int = 1000, seed: int = 0, options: Mapping[str, Any] | None = None) -> None:

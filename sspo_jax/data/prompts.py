@@ -26,7 +26,10 @@ class PromptEncoder:
       cfg: `DataConfig` (template, instruction, system_prompt, add_special_tokens, pad_token_id).
     Attributes:
       use_chat: whether the chat template is applied.
-      pad_id: the padding token id.
+      pad_id: the padding token id (``cfg.pad_token_id``, else the tokenizer's pad token, else
+        its EOS token).
+    Raises:
+      DataError: ``template="chat"`` without a chat template, or no padding id can be found.
     """
 
     def __init__(self, tokenizer: Any, cfg: DataConfig) -> None:

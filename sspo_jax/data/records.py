@@ -42,7 +42,11 @@ class PromptSource(Protocol):
 
 
 class ListSource:
-    """A `PromptSource` over records held in memory (tests, notebooks, small custom sets)."""
+    """A `PromptSource` over records held in memory (tests, notebooks, small custom sets).
+
+    Raises:
+      DataError: `records` is empty.
+    """
 
     def __init__(self, records: list[PromptRecord], name: str = "in-memory records") -> None:
         if not records:

@@ -26,7 +26,15 @@ def format_reward(
     cfg: RewardConfig | None = None,
     **overrides: object,
 ) -> RewardOutput:
-    """Scores float32 [N]: 1.0 if the response has an answer in the configured form, else 0.0."""
+    """1.0 where a response has an answer in the configured form, else 0.0.
+
+    Args:
+      responses: N decoded responses.
+      golds, metas, response_lengths, truncated: unused (the registry's uniform signature).
+      cfg: settings (default `RewardConfig()`); `overrides` replace single fields.
+    Returns:
+      `RewardOutput` with scores float32 [N] in {0, 1} and ``no_answer`` = the count of zeros.
+    """
     del golds, metas, response_lengths, truncated
     cfg = make_config(cfg, **overrides)
     if cfg.extraction == "math_verify":

@@ -166,7 +166,11 @@ def _normalise_weights(weights: object) -> tuple[tuple[str, float], ...]:
 
 
 def make_config(cfg: RewardConfig | None = None, **overrides: object) -> RewardConfig:
-    """`cfg` (default `RewardConfig()`) with `overrides` applied; an unknown key is an error."""
+    """`cfg` (default `RewardConfig()`) with `overrides` applied and validated.
+
+    Raises:
+      RewardConfigError: an unknown key or an invalid value.
+    """
     base = cfg if cfg is not None else RewardConfig()
     if not overrides:
         return base

@@ -38,7 +38,8 @@ def as_number(answer: str) -> Fraction | None:
 
 
 def answers_match(prediction: str, gold: str, tolerance: float = 1e-6) -> bool:
-    """True if both are numbers within `tolerance` of each other, or equal as cleaned strings."""
+    """True if both are numbers with ``|a - b| <= tolerance`` (exact rationals), or else equal as
+    cleaned, whitespace-normalised strings."""
     a, b = as_number(prediction), as_number(gold)
     if a is not None and b is not None:
         return abs(a - b) <= Fraction(tolerance)
@@ -57,9 +58,19 @@ def exact_match_reward(
 ) -> RewardOutput:
     """1.0 where the extracted answer equals the gold answer numerically (or as a string).
 
-    With ``cfg.extraction="math_verify"`` (no answer extraction of its own) the last boxed
-    content is used. Returns scores float32 [N] in {0, 1} and the count of responses without
-    an answer.
+    Numbers match within ``cfg.numeric_tolerance`` (see `answers_match`). With
+    ``cfg.extraction="math_verify"`` (no answer extraction of its own) the last boxed content is
+    used; golds are read per ``cfg.gold_extraction``.
+
+    Args:
+      responses: N decoded responses; golds: N gold answers.
+      metas, response_lengths, truncated: unused (the registry's uniform signature).
+      cfg: settings (default `RewardConfig()`); `overrides` replace single fields.
+    Returns:
+      `RewardOutput` with scores float32 [N] in {0, 1} and the count of responses without an
+      answer.
+    Raises:
+      ValueError: `responses` and `golds` differ in length.
     """
     del metas, response_lengths, truncated
     cfg = make_config(cfg, **overrides)

@@ -40,9 +40,23 @@ def reasoning_gym_reward(
     cfg: RewardConfig | None = None,
     **overrides: object,
 ) -> RewardOutput:
-    """Scores float32 [N] in [0, 1] from each task's scorer; a scorer that raises scores 0 and is
-    counted as a failure. The answer passed to the scorer is extracted per ``cfg.extraction``
-    (``math_verify`` mode uses the last boxed content)."""
+    """Scores from each item's own reasoning-gym scorer, clipped to [0, 1].
+
+    The answer passed to the scorer is extracted per ``cfg.extraction`` (``math_verify`` mode
+    uses the last boxed content); a response without one scores 0 (``no_answer``), a scorer
+    that raises scores 0 and is counted as a failure.
+
+    Args:
+      responses: N decoded responses.
+      metas: N dicts with the task name and generated entry (from a `ReasoningGymSource`).
+      golds, response_lengths, truncated: unused (the registry's uniform signature).
+      cfg: settings (default `RewardConfig()`); `overrides` replace single fields.
+    Returns:
+      `RewardOutput` with scores float32 [N] in [0, 1] and the failure and no-answer counts.
+    Raises:
+      ValueError: `metas` is missing, of the wrong length, or a dict lacks the task keys.
+      ImportError: reasoning-gym is not installed.
+    """
     del golds, response_lengths, truncated
     cfg = make_config(cfg, **overrides)
     if metas is None or len(metas) != len(responses):

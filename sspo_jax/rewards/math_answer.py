@@ -49,7 +49,10 @@ def math_reward(
         ``math_reward(rs, gs, workers=0, timeout_s=2)``.
     Returns:
       `RewardOutput` with scores float32 [N] in {0, 1} and the counts of failures, timeouts and
-      responses without an extractable answer.
+      responses without an extractable answer (or an empty gold), which all score 0.
+    Raises:
+      ValueError: `responses` and `golds` differ in length.
+      RuntimeError: the worker pool cannot start (see `pool.VerifierPool`).
     """
     del metas, response_lengths, truncated
     cfg = make_config(cfg, **overrides)

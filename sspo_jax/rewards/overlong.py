@@ -18,7 +18,17 @@ from sspo_jax.rewards.output import RewardOutput
 
 
 def overlong_penalty(lengths: np.ndarray, max_len: int, cache_len: int) -> np.ndarray:
-    """R_len per response. lengths: int [N] response token counts. Returns float32 [N] in [-1, 0]."""
+    """DAPO's R_len per response (the equation in the module docstring).
+
+    Args:
+      lengths: int [N] response token counts |y|.
+      max_len: L_max in tokens.
+      cache_len: L_cache in tokens, ``1 <= cache_len <= max_len``.
+    Returns:
+      float32 [N] in [-1, 0].
+    Raises:
+      ValueError: `lengths` is not a 1-D integer array, or `cache_len` is out of range.
+    """
     lengths = np.asarray(lengths)
     if lengths.ndim != 1 or not np.issubdtype(lengths.dtype, np.integer):
         raise ValueError(f"response lengths must be a 1-D integer array of token counts, got "
@@ -41,8 +51,19 @@ def overlong_reward(
     cfg: RewardConfig | None = None,
     **overrides: object,
 ) -> RewardOutput:
-    """`overlong_penalty` of `response_lengths` (int [N], tokens) with L_max = cfg.overlong_max_len
-    and L_cache = cfg.overlong_cache_len. Scores float32 [N] in [-1, 0]."""
+    """`overlong_penalty` of `response_lengths` with L_max = cfg.overlong_max_len and
+    L_cache = cfg.overlong_cache_len.
+
+    Args:
+      responses: N decoded responses (only their number is used).
+      response_lengths: int [N] response token counts (never characters).
+      golds, metas, truncated: unused (the registry's uniform signature).
+      cfg: settings (default `RewardConfig()`); `overrides` replace single fields.
+    Returns:
+      `RewardOutput` with scores float32 [N] in [-1, 0].
+    Raises:
+      ValueError: `response_lengths` is missing or of the wrong length or type.
+    """
     del golds, metas, truncated
     cfg = make_config(cfg, **overrides)
     if response_lengths is None:

@@ -82,6 +82,10 @@ class VerifierPool:
       warm_up: a picklable no-argument callable every fresh worker runs once before any item
         (e.g. import math-verify), so start-up time never counts against an item's timeout.
       startup_timeout_s: time allowed for all workers of a fresh pool to start and warm up.
+    Attributes:
+      restarts: how many times the pool was replaced after a timeout or a worker crash.
+    Raises:
+      ValueError: ``workers < 1`` or another start method.
     """
 
     def __init__(
@@ -185,6 +189,8 @@ class VerifierPool:
           chunk_size: items per task; None = up to 16, so that each worker gets about 4 chunks.
         Returns:
           `PoolResult` in item order.
+        Raises:
+          RuntimeError: a fresh pool's workers did not start or warm up in time, or died doing so.
         """
         n = len(items)
         values: list[Any] = [None] * n

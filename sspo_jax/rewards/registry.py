@@ -25,7 +25,12 @@ _REGISTRY: dict[str, RewardFn] = {}
 
 
 def register_reward(name: str, fn: RewardFn, *, overwrite: bool = False) -> None:
-    """Make `fn` (the uniform signature above) available under `name` in `RewardConfig.weights`."""
+    """Make `fn` (the uniform signature above) available under `name` in `RewardConfig.weights`.
+
+    Raises:
+      ValueError: `name` is empty or not a string, or already names another function and
+        `overwrite` is false.
+    """
     if not isinstance(name, str) or not name:
         raise ValueError(f"a reward name must be a non-empty string, got {name!r}")
     if name in _REGISTRY and not overwrite and _REGISTRY[name] is not fn:
@@ -39,7 +44,11 @@ def registered_rewards() -> tuple[str, ...]:
 
 
 def get_reward(name: str) -> RewardFn:
-    """The reward function registered as `name`; an unknown name lists the known ones."""
+    """The reward function registered as `name`.
+
+    Raises:
+      KeyError: `name` is not registered (the message lists the known names).
+    """
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -65,6 +74,9 @@ def compute_rewards(
       truncated: bool [N], responses cut at the generation limit (passed through).
     Returns:
       `CombinedRewards`: total float32 [N], each function's `RewardOutput`, the weights.
+    Raises:
+      ValueError: an input's length is not N, or a reward returns scores not of shape [N];
+        whatever a reward function raises (e.g. a missing input it needs).
     """
     from sspo_jax.rewards.config import RewardConfig
 

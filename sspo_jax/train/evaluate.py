@@ -22,6 +22,14 @@ def eval_data_config(data: DataConfig, *, size: int, batch_size: int, path: str 
     """The held-out variant of a training `DataConfig` (None when there is nothing to evaluate on).
 
     Generated tasks draw their problems from a different generator seed; file sources need `path`.
+    The variant yields each problem once, in order (one row per problem, no shuffle, one epoch,
+    last batch kept).
+
+    Args:
+      data: the training data settings.
+      size: number of problems (generated tasks).
+      batch_size: prompts per batch (capped at `size`).
+      path: the held-out file for ``jsonl``/``parquet`` sources.
     """
     common = dict(batch_size=min(batch_size, size), group_size=1, shuffle=False, num_epochs=1, drop_last=False)
     if data.source in ("arithmetic", "reasoning_gym"):
@@ -32,7 +40,11 @@ def eval_data_config(data: DataConfig, *, size: int, batch_size: int, path: str 
 
 
 def build_eval_batches(data: DataConfig, tokenizer: Any, size: int) -> list[PromptBatch]:
-    """Up to `size` problems of `data` as prompt batches (one response row per problem)."""
+    """About `size` problems of `data` as prompt batches (one response row per problem).
+
+    Batches are taken until the source is exhausted or `size` problems are reached, so the last
+    batch may overshoot `size`. Each batch's ``input_ids``/``attention_mask`` are [B, P].
+    """
     batcher = PromptBatcher(build_source(data), tokenizer, data)
     batches, seen = [], 0
     while not batcher.exhausted and seen < size:
@@ -43,7 +55,11 @@ def build_eval_batches(data: DataConfig, tokenizer: Any, size: int) -> list[Prom
 
 
 def decode_responses(tokenizer: Any, gen: GenerationResult) -> list[str]:
-    """Response texts (stop token and padding excluded) of a generation result."""
+    """Response texts of a generation result (tokens [B, P + N]), one per row.
+
+    Each row's first ``response_lengths[b]`` response tokens are decoded with special tokens
+    skipped (so the stop token is dropped); padding after them is excluded.
+    """
     tokens = np.asarray(gen.tokens)
     lengths = np.asarray(gen.response_lengths)
     p = gen.prompt_len
@@ -53,7 +69,14 @@ def decode_responses(tokenizer: Any, gen: GenerationResult) -> list[str]:
 
 def correctness(reward_name: str, texts: list[str], batch: PromptBatch, gen: GenerationResult,
                 rewards: RewardConfig) -> np.ndarray:
-    """Scores of the correctness reward `reward_name` (float32 [N])."""
+    """Scores of the correctness reward `reward_name`, float32 [N] (N = rows of `gen`).
+
+    Args:
+      reward_name: a registered reward (score 1 = correct).
+      texts: N decoded responses; batch: their prompts (golds and metas, one per row).
+      gen: the generation (response lengths and truncation flags for the reward).
+      rewards: reward settings; their weights are replaced by ``{reward_name: 1}``.
+    """
     out = compute_rewards(texts, batch.golds, dataclasses.replace(rewards, weights=((reward_name, 1.0),)),
                           metas=batch.metas, response_lengths=np.asarray(gen.response_lengths),
                           truncated=np.asarray(gen.truncated))
@@ -67,12 +90,20 @@ def evaluate_policy(model_like, tokenizer: Any, batches: list[PromptBatch], samp
 
     Args:
       model_like: a policy or its ``(graphdef, state)``.
-      sampling: the sampling settings; greedy decoding uses them with temperature 0.
+      tokenizer: decodes the responses.
+      batches: prompt batches, e.g. from `build_eval_batches`.
+      sampling: the sampling settings; greedy decoding uses them with temperature 0
+        (top-k and top-p off).
       rewards: reward settings (workers, timeouts, extraction) used to score correctness.
+      reward_name: the registered correctness reward (score 1 = correct).
+      samples: k, sampled responses per problem for pass@k; 0 = greedy only.
+      seed: PRNG seed of the sampling.
     Returns:
       ``eval/accuracy`` (greedy), ``eval/response_length``, ``eval/problems``, and with samples
       ``eval/sampled_accuracy`` (mean over the k samples: pass@1 at the sampling temperature) and
-      ``eval/pass@k``.
+      ``eval/pass@k``, as floats; empty when `batches` is.
+    Raises:
+      KeyError: `reward_name` is not registered (before any generation).
     """
     get_reward(reward_name)  # a clear error for an unknown name before any generation
     if not batches:

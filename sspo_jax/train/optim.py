@@ -9,7 +9,19 @@ from sspo_jax.train.config import OptimConfig
 
 
 def learning_rate_schedule(cfg: OptimConfig, total_updates: int, peak: float | None = None) -> optax.Schedule:
-    """lr(update): 0 -> peak over `warmup_steps`, then constant or decaying to peak * min_lr_ratio."""
+    """lr(u) of optimizer update u = 0, 1, ...: linear warmup, then constant or decay.
+
+    With ``W = min(cfg.warmup_steps, total_updates - 1)``: ``lr(u) = peak * u / W`` for u < W,
+    then ``cfg.schedule`` over the remaining ``total_updates - W`` updates: ``constant`` peak,
+    or ``cosine``/``linear`` decay from peak to ``peak * cfg.min_lr_ratio``.
+
+    Args:
+      cfg: schedule, warmup_steps, min_lr_ratio, lr.
+      total_updates: optimizer updates of the whole run.
+      peak: the peak learning rate; None = ``cfg.lr``.
+    Returns:
+      An `optax.Schedule` (update count -> learning rate).
+    """
     peak = cfg.lr if peak is None else peak
     warmup = min(cfg.warmup_steps, max(total_updates - 1, 0))
     decay_steps = max(total_updates - warmup, 1)
@@ -26,7 +38,15 @@ def learning_rate_schedule(cfg: OptimConfig, total_updates: int, peak: float | N
 
 
 def make_optimizer(cfg: OptimConfig, total_updates: int, *, critic: bool = False) -> optax.GradientTransformation:
-    """AdamW (decoupled weight decay) after global-norm clipping; `critic` uses ``critic_lr``."""
+    """AdamW (decoupled weight decay) after global-norm clipping (``cfg.max_grad_norm``).
+
+    Args:
+      cfg: optimizer settings.
+      total_updates: optimizer updates of the whole run (for the schedule).
+      critic: use ``cfg.critic_lr`` as the peak learning rate instead of ``cfg.lr``.
+    Returns:
+      An `optax.GradientTransformation`.
+    """
     schedule = learning_rate_schedule(cfg, total_updates, cfg.critic_lr if critic else cfg.lr)
     parts = []
     if cfg.max_grad_norm is not None:

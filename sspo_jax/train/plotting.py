@@ -19,7 +19,16 @@ PANELS = (
 
 
 def plot_run(run_dir: Path, out: Optional[Path] = None) -> Path:
-    """Draws the panels from ``RUN_DIR/metrics.jsonl`` into ``RUN_DIR/curves.png`` (or `out`)."""
+    """Draws the panels from ``RUN_DIR/metrics.jsonl`` into ``RUN_DIR/curves.png`` (or `out`).
+
+    Each panel plots the `PANELS` keys that the run logged, against ``step``; missing keys are
+    skipped. Needs matplotlib.
+
+    Returns:
+      The path of the PNG written.
+    Raises:
+      FileNotFoundError: ``metrics.jsonl`` is missing or empty.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

@@ -36,10 +36,12 @@ class TrainState:
     ref_params: Optional[Any] = None
 
     def replace(self, **changes) -> "TrainState":
+        """A copy with the given fields replaced."""
         return dataclasses.replace(self, **changes)
 
     @property
     def key(self) -> Array:
+        """`rng` as a typed PRNG key array (shape [])."""
         return jax.random.wrap_key_data(self.rng)
 
 
@@ -48,16 +50,25 @@ class TrainState:
 class RolloutBatch:
     """One scored rollout batch ready for the update, N rows of width T (prompt + response).
 
+    Prompts are left-padded, so the prompt ends at the same column in every row and responses
+    start right after it.
+
     Attributes (all [N, T] unless noted):
-      tokens: int32; attention_mask, response_mask: bool (trained tokens; EOS included).
-      old_logp, entropy: fp32 log-prob and entropy under the behaviour policy (trainer forward).
+      tokens: int32 (left-padded prompt, then response, padded after the stop token);
+        attention_mask: bool, False on padding; response_mask: bool, True on trained response
+        tokens (EOS included), False on prompt and padding.
+      old_logp, entropy: fp32 ``log p(tokens[:, t] | tokens[:, :t])`` and the entropy of that
+        next-token distribution under the behaviour policy (trainer forward); column 0 is 0.
+        Defined on every column; only `response_mask` positions are used.
       ref_logp: fp32 reference log-probs (zeros when the algorithm has no KL term).
       segment_ids: int32 subsentence ids (-1 off the response).
-      advantages: fp32 per token (sequence advantages broadcast).
-      returns, old_values: fp32 value targets and old values (PPO critic; zeros otherwise).
+      advantages: fp32 per token (sequence advantages broadcast); only response positions used.
+      returns, old_values: fp32 GAE value targets (0 off the response) and the critic's values
+        at rollout time (PPO's token critic; zeros otherwise).
       rewards: fp32 [N] total rewards (SPPO critic targets).
       last_prompt_index: int32 [N] column of the last prompt token (SPPO critic).
-      entropy_stats: global-batch `EntropyStats` for SSPO's entropy normalisation.
+      entropy_stats: global-batch `EntropyStats` (float32 [] sums) for SSPO's entropy
+        normalisation; not split with the rows.
     """
 
     tokens: Array
@@ -76,11 +87,12 @@ class RolloutBatch:
 
     @property
     def num_rows(self) -> int:
+        """N, the number of rows."""
         return int(self.tokens.shape[0])
 
 
 def take_rows(batch: RolloutBatch, idx: Array) -> RolloutBatch:
-    """The rows `idx` of every per-row field (entropy_stats stays global)."""
+    """The rows `idx` (int [K]) of every per-row field: a batch of K rows (entropy_stats stays global)."""
     fields = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
     stats = fields.pop("entropy_stats")
     return RolloutBatch(**{k: jnp.take(v, idx, axis=0) for k, v in fields.items()}, entropy_stats=stats)

@@ -31,19 +31,38 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class Models:
-    """Static graph definitions (hashable) of the policy and the optional critic."""
+    """Static graph definitions (hashable) of the policy and the optional critic.
+
+    Attributes:
+      policy: the policy's `nnx.GraphDef` (a Qwen2 causal LM).
+      critic: the critic's `nnx.GraphDef`; None without a critic.
+      critic_kind: ``none``, ``token`` (PPO: a value per position) or ``prompt`` (SPPO: one logit
+        per row), as ``AlgorithmConfig.critic``.
+    """
 
     policy: Any
     critic: Any = None
-    critic_kind: str = "none"  # none | token | prompt
+    critic_kind: str = "none"
 
 
 def policy_token_stats(graphdef, params, tokens: Array, attention_mask: Array, chunk_size: int,
                        compute_entropy: bool, temperature: float = 1.0) -> tuple[Array, Array | None]:
-    """(logp, entropy) [N, T] fp32 of each row's own tokens; ``logp[b, t] = log p(tok_t | tok_<t)``.
+    """Log-probs and entropies of each row's own tokens, ``logp[b, t] = log p(tok_t | tok_<t)``.
 
+    The vocabulary projection runs `chunk_size` positions at a time (no [N, T, V] logits).
     `temperature` divides the logits (folded into the unembedding), so that the log-probs are
     those of the distribution the sampler drew from.
+
+    Args:
+      graphdef, params: the policy, split with `nnx.split` (gradient flows through `params`).
+      tokens: int32 [N, T] full rows (prompt and response).
+      attention_mask: bool or 0/1 [N, T], 0 on padding.
+      chunk_size: positions per vocabulary-projection chunk.
+      compute_entropy: also return the entropy of each next-token distribution.
+      temperature: > 0; the sampling temperature.
+    Returns:
+      (logp, entropy or None), fp32 [N, T] each; column 0 is 0 and positions under padding are
+      meaningless: mask them with the response mask.
     """
     model = nnx.merge(graphdef, params)
     hidden = model.hidden_states(tokens, attention_mask)
@@ -55,7 +74,17 @@ def policy_token_stats(graphdef, params, tokens: Array, attention_mask: Array, c
 
 def critic_outputs(models: Models, critic_params, tokens: Array, attention_mask: Array,
                    last_prompt_index: Array) -> Array:
-    """Token values [N, T] (PPO) or prompt logits [N] (SPPO)."""
+    """The critic's outputs for full rows.
+
+    Args:
+      models: uses ``models.critic`` and ``models.critic_kind`` (``token`` or ``prompt``).
+      critic_params: the critic's parameters (gradient flows).
+      tokens: int32 [N, T]; attention_mask: bool or 0/1 [N, T].
+      last_prompt_index: int32 [N], column of each row's last prompt token (prompt critic only).
+    Returns:
+      fp32 [N, T] token values (``token``: ``V[:, t]`` values the state before token t, 0 at
+      column 0 and on padding) or fp32 [N] prompt logits z(x) (``prompt``).
+    """
     critic = nnx.merge(models.critic, critic_params)
     if models.critic_kind == "token":
         return critic(tokens, attention_mask)
@@ -68,10 +97,23 @@ def _micro_split(x: Array, n_micro: int) -> Array:
 
 def make_stats_fn(models: Models, alg: AlgorithmConfig, chunk_size: int, micro_rows: int,
                   temperature: float = 1.0) -> Callable:
-    """``stats(state, tokens, attention_mask, last_prompt_index) -> dict`` (jitted).
+    """``stats(state, tokens, attention_mask, last_prompt_index) -> dict`` (jitted, no gradient).
 
-    Returns ``old_logp``, ``entropy`` (zeros unless the algorithm uses entropy), ``ref_logp``
-    (zeros without KL), ``values`` ([N, T] token critic) or ``critic_logit`` ([N] prompt critic).
+    The rows are processed in ``max(N // micro_rows, 1)`` equal micro-batches with `lax.map`, so
+    N must be divisible by that count (e.g. a multiple of `micro_rows`).
+
+    Args:
+      models: the static graph definitions.
+      alg: decides whether ``ref_logp`` (``kl_beta > 0``) and ``critic`` are computed.
+      chunk_size: vocabulary-projection chunk, see `policy_token_stats`.
+      micro_rows: rows per micro-batch.
+      temperature: the sampling temperature (log-probs of the sampled distribution).
+    Returns:
+      The jitted ``stats`` function. Its arguments: a `TrainState`, tokens int32 [N, T],
+      attention_mask bool [N, T], last_prompt_index int32 [N]. Its dict holds fp32 ``old_logp``
+      and ``entropy`` [N, T] (the behaviour policy, always), ``ref_logp`` [N, T] (only with
+      ``kl_beta > 0``) and ``critic`` (only with a critic: token values [N, T] or prompt logits
+      [N], see `critic_outputs`); see `policy_token_stats` for the masking convention.
     """
     need_entropy = True  # always logged; SSPO also scales its clip bounds with it
 
@@ -127,8 +169,31 @@ def make_update_fn(models: Models, alg: AlgorithmConfig, policy_tx: optax.Gradie
                    temperature: float = 1.0, donate: bool = True) -> Callable:
     """``update(state, batch) -> (state, metrics)``, jitted with the state donated.
 
-    The batch is split into ``alg.num_minibatches`` minibatches after a per-epoch shuffle drawn
-    from the state's PRNG key; each minibatch into micro-batches of `micro_rows` rows.
+    For each of ``alg.ppo_epochs`` epochs the batch's N rows are shuffled (a permutation drawn
+    from the state's PRNG key; no shuffle with one minibatch) and split into
+    ``alg.num_minibatches`` minibatches, each into micro-batches of `micro_rows` rows (N a
+    multiple of ``num_minibatches * micro_rows``; the trainer config validates this). Per
+    minibatch the policy gradient is ``sum_micro grad(loss_sum) / max(sum_micro denominator, 1)``
+    (exact for every aggregation mode), and likewise for the critic loss
+    (`losses.clipped_value_loss` or `losses.bce_critic_loss`, times ``alg.value_coef``). A
+    minibatch whose loss or gradient is not finite leaves the parameters and optimizer states
+    unchanged.
+
+    Args:
+      models: the static graph definitions.
+      alg: the algorithm (`losses.policy_loss`'s config; epochs, minibatches, critic settings).
+      policy_tx, critic_tx: the optimizers (`critic_tx` None without a critic).
+      chunk_size: vocabulary-projection chunk, see `policy_token_stats`.
+      micro_rows: rows per micro-batch.
+      temperature: the sampling temperature.
+      donate: donate the input state's buffers to the output.
+    Returns:
+      The jitted ``update(state: TrainState, batch: RolloutBatch)``. It returns the new state
+      (``step + 1``, a fresh PRNG key) and float32 [] metrics: the mean over minibatch updates of
+      ``loss``, ``grad_norm`` (before clipping), every `LossOutput.metrics` key (token-weighted
+      over micro-batches; ``*_min``/``*_max`` as extremes) and, with a critic, ``critic_loss``
+      and ``critic_grad_norm``; ``skipped`` (number of non-finite minibatches) and ``updates``
+      (number of minibatch updates).
     """
     has_critic = models.critic_kind != "none"
 
