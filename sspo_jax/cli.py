@@ -1,9 +1,10 @@
-"""The ``sspo-jax`` command line: train, eval, export, plot.
+"""The ``sspo-jax`` command line: train, eval, export, plot, compare.
 
     sspo-jax train --config configs/tiny_sspo.yaml --set train.steps=3 --run-dir runs/try
     sspo-jax eval --model runs/try --samples 8
     sspo-jax export --checkpoint runs/try --out exported/
     sspo-jax plot runs/try
+    sspo-jax compare configs/compare/equal_eps.yaml --jobs 2
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def _trainer_for_run(path: Path, overrides: list[str] = ()):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from sspo_jax.parallel import initialize
     from sspo_jax.train import load_config, train
 
     overrides = list(args.set or [])
@@ -61,6 +63,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.no_progress:
         overrides.append("logging.progress=false")
     cfg = load_config(args.config, overrides)
+    initialize(cfg.distributed)  # multi-host jobs: before any JAX computation; one process: nothing
     summary = train(cfg)
     before, after = summary.get("accuracy_before"), summary.get("accuracy_after")
     print(f"run directory: {summary['run_dir']}")
@@ -191,6 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="run directory")
     p.add_argument("--out", help="output PNG path")
     p.set_defaults(fn=cmd_plot)
+
+    from sspo_jax.compare import command as compare_command
+
+    p = sub.add_parser("compare", help="train a comparison spec over seeds and write its report",
+                       description=compare_command.DESCRIPTION, epilog=compare_command.EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    compare_command.add_arguments(p)
+    p.set_defaults(fn=compare_command.run)
     return parser
 
 
