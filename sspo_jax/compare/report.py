@@ -120,6 +120,8 @@ def render_report(summary: dict[str, Any]) -> str:
               f"- *collapsed*: {rule}.",
               "- *wall time per run*: mean over seeds of the subprocess's wall time (compilation, evaluations and "
               "checkpoints included; runs shared the CPUs when several ran at a time).", ""]
+    if spec.get("findings"):
+        lines += ["## What the numbers show", "", spec["findings"], ""]
 
     lines += ["## Curves", ""]
     captions = {"accuracy": f"Held-out `{key}` (mean over seeds; the band spans the lowest to the highest seed)",

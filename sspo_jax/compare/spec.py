@@ -85,7 +85,9 @@ class CompareSpec:
 
     Attributes:
       name: the experiment's name (run directories runs/compare/<name>, report docs/results/<name>).
-      description: markdown placed at the top of the report.
+      description: markdown placed at the top of the report (the question and the setup).
+      findings: markdown placed after the results table: what the numbers show, written by a
+        person after reading them (empty until then).
       seeds: ``train.seed`` of each repetition.
       common: dotted ``key=value`` overrides applied to every run.
       runs: the compared configurations.
@@ -98,6 +100,7 @@ class CompareSpec:
     name: str
     runs: tuple[RunSpec, ...]
     description: str = ""
+    findings: str = ""
     seeds: tuple[int, ...] = (0,)
     common: tuple[str, ...] = ()
     accuracy_key: str = DEFAULT_ACCURACY_KEY
@@ -123,7 +126,8 @@ class CompareSpec:
 
     def to_mapping(self) -> dict[str, Any]:
         """A JSON-able mapping (overrides as ``key=value`` strings)."""
-        return {"name": self.name, "description": self.description, "seeds": list(self.seeds),
+        return {"name": self.name, "description": self.description, "findings": self.findings,
+                "seeds": list(self.seeds),
                 "common": list(self.common),
                 "runs": [{"label": r.label, "config": r.config, "overrides": list(r.overrides)} for r in self.runs],
                 "accuracy_key": self.accuracy_key, "accuracy_threshold": self.accuracy_threshold,
@@ -132,7 +136,8 @@ class CompareSpec:
     @classmethod
     def from_summary_mapping(cls, data: dict[str, Any]) -> "CompareSpec":
         """The inverse of `to_mapping` (for re-rendering a report from summary.json)."""
-        return cls(name=data["name"], description=data.get("description", ""), seeds=tuple(data["seeds"]),
+        return cls(name=data["name"], description=data.get("description", ""),
+                   findings=data.get("findings", ""), seeds=tuple(data["seeds"]),
                    common=tuple(data.get("common", ())),
                    runs=tuple(RunSpec(r["label"], r["config"], tuple(r.get("overrides", ()))) for r in data["runs"]),
                    accuracy_key=data.get("accuracy_key", DEFAULT_ACCURACY_KEY),
@@ -147,7 +152,7 @@ def override_string(key: str, value: Any) -> str:
     return f"{key}={json.dumps(value)}"
 
 
-_TOP_KEYS = ("name", "description", "seeds", "common", "runs", "accuracy_key", "accuracy_threshold", "collapse")
+_TOP_KEYS = ("name", "description", "findings", "seeds", "common", "runs", "accuracy_key", "accuracy_threshold", "collapse")
 _RUN_KEYS = ("label", "config", "overrides")
 _COLLAPSE_KEYS = ("margin", "last_evals")
 
@@ -209,6 +214,9 @@ def spec_from_mapping(data: Any, source: str = "<spec>") -> CompareSpec:
     description = data.get("description", "") or ""
     if not isinstance(description, str):
         raise ConfigError(f"{source}: description must be markdown text, got {type(description).__name__}")
+    findings = data.get("findings", "") or ""
+    if not isinstance(findings, str):
+        raise ConfigError(f"{source}: findings must be markdown text, got {type(findings).__name__}")
     seeds = _check_seeds(data.get("seeds", [0]), f"{source}: seeds")
     common = _overrides(data.get("common"), f"{source}: common")
 
@@ -255,7 +263,7 @@ def spec_from_mapping(data: Any, source: str = "<spec>") -> CompareSpec:
     last = collapse_raw.get("last_evals", CollapseRule.last_evals)
     if isinstance(last, bool) or not isinstance(last, int) or last < 1:
         raise ConfigError(f"{source}: collapse.last_evals must be an integer >= 1, got {last!r}")
-    return CompareSpec(name=name, description=description.strip(), seeds=seeds, common=common, runs=tuple(runs),
+    return CompareSpec(name=name, description=description.strip(), findings=findings.strip(), seeds=seeds, common=common, runs=tuple(runs),
                        accuracy_key=key, accuracy_threshold=threshold, collapse=CollapseRule(margin, last),
                        path=source)
 

@@ -32,6 +32,7 @@ def compared(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("compare")
     spec = {
         "name": "smoke", "description": "Two presets, **two steps**.", "seeds": [0],
+        "findings": "Nothing to see in **two steps**.",
         "common": {"train.steps": 2, "data.batch_size": 2, "algorithm.num_minibatches": 2, "eval.every": 1,
                    "eval.size": 16, "eval.batch_size": 16, "eval.samples": 1, "rewards.workers": 0,
                    "checkpoint.every": 1, "logging.progress": False, "logging.tensorboard": False},
@@ -109,6 +110,8 @@ def test_report_tables_match_summary_json(compared):
     report = (tmp / "report" / "report.md").read_text()
     summary = _summary(tmp)
     assert report.startswith("# Algorithm comparison: smoke") and "Two presets, **two steps**." in report
+    findings = report.index("## What the numbers show\n\nNothing to see in **two steps**.")
+    assert report.index("## Results") < findings < report.index("## Curves")
     for file in FIGURES.values():  # images linked relative to the report
         assert f"]({file})" in report and (tmp / "report" / file).is_file()
     rows = _results_rows(report)
