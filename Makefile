@@ -1,7 +1,8 @@
 # sspo_jax developer entry points, each creating .venv on first use:
 #   make run    the default job: SSPO on the shipped tiny model and the built-in arithmetic task (CPU)
 #   make test   the whole test suite
-#   make bench  the benchmarks (JSON in benchmarks/results/)
+#   make bench  every benchmark, side by side with PyTorch (JSON and a summary in benchmarks/results/,
+#               the README table regenerated); run it on a quiet machine
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -39,7 +40,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile --nbmake -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_losses.py
+	$(PY) benchmarks/run.py --readme
 
 clean-venv:
 	rm -rf $(VENV)

@@ -54,6 +54,7 @@ def _trainer_for_run(path: Path, overrides: list[str] = ()):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """`sspo-jax train`: load the config (with --set overrides), initialise multi-host JAX if configured, train; exit code."""
     from sspo_jax.parallel import initialize
     from sspo_jax.train import load_config, train
 
@@ -78,6 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """`sspo-jax eval`: greedy (and sampled, pass@k) held-out accuracy of a run's checkpoint or an HF directory; exit code."""
     import jax  # noqa: F401 - initialise JAX before loading models
     from flax import nnx
 
@@ -122,6 +124,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    """`sspo-jax export`: write a run's checkpoint as a Hugging Face directory (safetensors, config, tokenizer); exit code."""
     import shutil
 
     from flax import nnx
@@ -143,6 +146,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    """`sspo-jax plot`: draw a run's metrics (reward, accuracy, clip fractions, entropy) to a PNG; exit code."""
     from sspo_jax.train.plotting import plot_run
 
     path = plot_run(Path(args.run_dir), Path(args.out) if args.out else None)
@@ -151,6 +155,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of every subcommand (train, eval, export, plot, compare)."""
     parser = argparse.ArgumentParser(
         prog="sspo-jax", description="SSPO and RLVR baselines (GRPO, DAPO, Dr. GRPO, GSPO, PPO, SPPO) in JAX.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -206,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point of `sspo-jax`: parse `argv`, run the subcommand; 0 on success, 2 (with a one-line `error:`) on bad input."""
     _quiet_runtime()
     args = build_parser().parse_args(argv)
     try:

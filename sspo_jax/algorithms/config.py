@@ -114,8 +114,9 @@ class AlgorithmConfig:
     Aggregation and KL:
       loss_agg_mode: ``token-mean``, ``seq-mean-token-mean``, ``seq-mean-token-sum`` or
         ``seq-mean-token-sum-norm`` (see `aggregation.py`).
-      loss_norm_constant: the Dr. GRPO constant of ``seq-mean-token-sum-norm`` (None = the
-        response-length dimension T of the batch).
+      loss_norm_constant: the Dr. GRPO constant of ``seq-mean-token-sum-norm``. None: the trainer
+        uses ``sampling.max_new_tokens`` (the maximum generation length); the pure functions use
+        the width T of the arrays they are given.
       kl_beta: weight of the per-token KL to the reference policy in the loss (0 = off).
       kl_estimator: k1 | k2 | k3.
       kl_clamp: optional bound on the per-token KL value (None = no bound).

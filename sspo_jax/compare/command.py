@@ -27,6 +27,7 @@ the experiment, then its report alone (no training) from the runs or from OUT/su
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Adds the `compare` arguments (spec, --jobs, --out, --runs-dir, quick-check and report-only flags) to `p`."""
     p.add_argument("spec", help="comparison spec YAML (see configs/compare/)")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="training subprocesses at a time; with N > 1 each gets its own share of the CPUs")
@@ -108,6 +109,7 @@ def render(summary: dict[str, Any], out: Path) -> Path:
 
 
 def run(args: argparse.Namespace, echo: Callable[[str], None] = print) -> int:
+    """Runs `sspo-jax compare`: trains the spec's missing runs, then writes summary.json, the plots and report.md; exit code."""
     from sspo_jax.compare.spec import load_spec
 
     if args.jobs < 1:

@@ -10,11 +10,13 @@ from sspo_jax.compare.summary import FAILED, as_float
 
 
 def fmt_acc(x: Any) -> str:
+    """An accuracy with 3 decimals ('–' when missing or not finite)."""
     f = as_float(x)
     return "–" if f is None else f"{f:.3f}"
 
 
 def fmt_mean_std(m: Any, s: Any, n: Optional[int] = None, total: Optional[int] = None) -> str:
+    """'mean ± std' with 3 decimals, plus '(n/total)' when only n of total runs finished."""
     if as_float(m) is None:
         return "–"
     text = f"{as_float(m):.3f} ± {as_float(s) or 0.0:.3f}"
@@ -22,11 +24,13 @@ def fmt_mean_std(m: Any, s: Any, n: Optional[int] = None, total: Optional[int] =
 
 
 def fmt_frac(x: Any) -> str:
+    """A clip fraction with 4 decimals ('–' when missing)."""
     f = as_float(x)
     return "–" if f is None else f"{f:.4f}"
 
 
 def fmt_steps(median: Any, reached: int, judged: int) -> str:
+    """The median steps to the threshold and how many of the judged seeds reached it."""
     if judged == 0:
         return "–"
     m = as_float(median)
@@ -35,6 +39,7 @@ def fmt_steps(median: Any, reached: int, judged: int) -> str:
 
 
 def fmt_seconds(x: Any) -> str:
+    """Seconds rounded to whole seconds ('–' when missing)."""
     f = as_float(x)
     return "–" if f is None else f"{f:.0f} s"
 

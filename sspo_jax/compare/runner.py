@@ -55,12 +55,14 @@ class RunTask:
 
     @property
     def argv(self) -> list[str]:
+        """The `sspo-jax train` command line of this run (without the child environment)."""
         sets = [x for o in self.overrides for x in ("--set", o)]
         return [sys.executable, "-m", "sspo_jax.cli", "train", "--config", self.config,
                 "--run-dir", str(self.run_dir), "--no-progress", *sets]
 
     @property
     def name(self) -> str:
+        """'label seed k', as progress lines print it."""
         return f"{self.label} seed {self.seed}"
 
 
@@ -96,6 +98,7 @@ def _comparable(mapping: dict[str, Any]) -> dict[str, Any]:
 # ---- state of a run directory ---------------------------------------------------------------------
 
 def read_marker(run_dir: Path) -> dict[str, Any]:
+    """The run directory's compare.json marker (status, return code, wall time); {} when absent or unreadable."""
     path = run_dir / MARKER
     if not path.is_file():
         return {}
@@ -166,6 +169,7 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def tail(path: Path, lines: int = TAIL_LINES) -> str:
+    """The last `lines` lines of a log file ('' when it cannot be read)."""
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
@@ -199,6 +203,7 @@ def cpu_shares(jobs: int) -> list[Optional[list[int]]]:
 
 
 def child_env(share: Optional[list[int]]) -> dict[str, str]:
+    """The environment of a training subprocess; with `share` (CPU ids) the math libraries' thread counts are set to its size."""
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env["TOKENIZERS_PARALLELISM"] = "false"

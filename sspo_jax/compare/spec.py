@@ -55,6 +55,7 @@ class CollapseRule:
     last_evals: int = 2
 
     def describe(self, accuracy_key: str) -> str:
+        """The collapse rule in words, as the report states it."""
         k = self.last_evals
         evals = "evaluation" if k == 1 else f"{k} evaluations"
         return (f"a run counts as collapsed when it failed (non-zero exit, e.g. the trainer stopped after "
@@ -110,9 +111,11 @@ class CompareSpec:
 
     @property
     def labels(self) -> list[str]:
+        """The run labels, in spec order."""
         return [r.label for r in self.runs]
 
     def run(self, label: str) -> RunSpec:
+        """The run labelled `label`; ConfigError naming the known labels otherwise."""
         for r in self.runs:
             if r.label == label:
                 return r

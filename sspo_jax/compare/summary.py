@@ -59,6 +59,7 @@ def encode(value: Optional[float]) -> Any:
 
 
 def finite(values: Iterable[Any]) -> list[float]:
+    """The finite floats among `values` (None, NaN and inf dropped)."""
     out = []
     for v in values:
         f = as_float(v)
@@ -68,6 +69,7 @@ def finite(values: Iterable[Any]) -> list[float]:
 
 
 def mean(values: Iterable[Any]) -> Optional[float]:
+    """Mean of the finite values; None when there are none."""
     xs = finite(values)
     return sum(xs) / len(xs) if xs else None
 
@@ -309,6 +311,7 @@ def dumps(obj: Any, level: int = 0) -> str:
 
 
 def write_summary(summary: dict[str, Any], out_dir: Path) -> Path:
+    """Writes summary.json into `out_dir` atomically (temporary file, then rename); returns its path."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "summary.json"
     tmp = path.with_name(path.name + ".tmp")
@@ -318,6 +321,7 @@ def write_summary(summary: dict[str, Any], out_dir: Path) -> Path:
 
 
 def read_summary(path: Path) -> dict[str, Any]:
+    """Reads a summary.json written by `write_summary`; ConfigError naming the file when missing or malformed."""
     from sspo_jax.algorithms.config import ConfigError
 
     if not path.is_file():

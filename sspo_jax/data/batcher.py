@@ -6,6 +6,11 @@ in file order when not shuffling). Batches run straight across epoch boundaries,
 is dropped or replayed and resuming at a boundary trains on the next epoch (PITFALLS.md 9).
 The cursor names the next record to read; it only advances when a batch is complete, so a
 batch that raises leaves it unchanged.
+
+Multi-host: every process runs its own batcher over the same source and reads every global batch
+(tokenizing B prompts is cheap next to sampling them), so the cursor is identical in every process
+and a checkpoint's cursor resumes anywhere; each process then keeps its rows (`PromptBatch.select`,
+`PromptBatch.process_slice`).
 """
 
 from __future__ import annotations
@@ -52,6 +57,37 @@ class PromptBatch:
     def num_prompts(self) -> int:
         """B, the number of distinct prompts."""
         return len(self.golds) // self.group_size
+
+    def select(self, rows: np.ndarray) -> "PromptBatch":
+        """The batch restricted to `rows` (int [n], whole groups of G consecutive rows, in order):
+        e.g. the rows one process of a multi-host job samples and scores. The prompt width stays
+        the global batch's, so every process's rows fit one global array. `truncated` and
+        `rejected` stay the whole batch's counts."""
+        rows = np.asarray(rows, dtype=np.int64)
+        g = self.group_size
+        if rows.size % g or np.any(rows[::g] % g) or np.any(np.diff(rows.reshape(-1, g), axis=1) != 1):
+            raise DataError(f"rows {rows.tolist()} are not whole groups of {g} consecutive rows")
+        return dataclasses.replace(
+            self, input_ids=self.input_ids[rows], attention_mask=self.attention_mask[rows],
+            group_ids=self.group_ids[rows], record_indices=self.record_indices[rows],
+            prompts=[self.prompts[i] for i in rows], golds=[self.golds[i] for i in rows],
+            metas=[self.metas[i] for i in rows])
+
+    def process_slice(self, process_index: int, process_count: int) -> "PromptBatch":
+        """Process `process_index`'s share of the batch: prompts [i * B / P, (i + 1) * B / P) with
+        their G rows each (the rows a process holds on a mesh whose devices are ordered by process).
+
+        Raises:
+          DataError: B is not a multiple of the process count P.
+        """
+        b = self.num_prompts
+        if process_count < 1 or not 0 <= process_index < process_count:
+            raise DataError(f"process_index={process_index} must be in [0, {process_count})")
+        if b % process_count:
+            raise DataError(f"a batch of {b} prompts does not split over {process_count} processes: make "
+                            "data.batch_size a multiple of the number of processes")
+        per = b // process_count * self.group_size
+        return self.select(np.arange(process_index * per, (process_index + 1) * per))
 
 
 class PromptBatcher:

@@ -131,9 +131,11 @@ class SafetensorsReader(contextlib.AbstractContextManager):
         return self._handles[file]
 
     def names(self) -> set[str]:
+        """Names of every tensor in the checkpoint."""
         return set(self.file_of)
 
     def shape(self, name: str) -> tuple[int, ...]:
+        """Shape of tensor `name`, read from the header without loading the data."""
         try:
             return tuple(self._open(self.file_of[name]).get_slice(name).get_shape())
         except CheckpointError:
@@ -143,6 +145,7 @@ class SafetensorsReader(contextlib.AbstractContextManager):
                                   f"{os.path.join(self.path, self.file_of[name])}: {e}") from e
 
     def get(self, name: str) -> np.ndarray:
+        """Tensor `name` as a NumPy array (CheckpointError naming the file when it cannot be read)."""
         try:
             return self._open(self.file_of[name]).get_tensor(name)
         except CheckpointError:

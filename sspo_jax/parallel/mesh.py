@@ -76,4 +76,5 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+    """Every dimension whole on every device of `mesh` (scalars, PRNG keys, small tables)."""
     return NamedSharding(mesh, P())

@@ -14,6 +14,11 @@ in the metadata, and `restore` recomputes it and refuses a checkpoint that does 
 After a fallback the run trains the skipped steps again; `save` then moves the unreadable
 checkpoint of the same step aside (to ``RUN_DIR/checkpoints_unreadable/``, never deleting it)
 before writing the new one.
+
+Multi-host: every process calls `save` and `restore` (Orbax writes each process's array shards and
+coordinates the commit itself; its JSON metadata is written by process 0). The one file operation
+outside Orbax, moving an unreadable checkpoint aside, runs in process 0 and the others wait for it.
+The run directory must be on storage that every process sees (a shared file system or a bucket).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from sspo_jax.algorithms.config import ConfigError
 
@@ -61,9 +67,15 @@ def state_fingerprint(state: Any) -> list[int]:
     """One uint32 per leaf of `state` (in `jax.tree.leaves` order), as plain ints.
 
     Leaves are fingerprinted one by one, on the devices that hold them: a sharded parameter and
-    a scalar on one device cannot share a jitted computation.
+    a scalar on one device cannot share a jitted computation. With several processes each leaf's
+    sum is awaited before the next is started: many independent programs with cross-process
+    collectives in flight at once can deadlock the CPU (gloo) runtime.
     """
-    return [int(v) for v in jax.device_get([_jit_leaf_fingerprint(x) for x in jax.tree.leaves(state)])]
+    leaves = jax.tree.leaves(state)
+    if jax.process_count() > 1:
+        jax.block_until_ready(leaves)
+        return [int(jax.device_get(_jit_leaf_fingerprint(x))) for x in leaves]
+    return [int(v) for v in jax.device_get([_jit_leaf_fingerprint(x) for x in leaves])]
 
 
 def _short(err: BaseException, limit: int = 300) -> str:
@@ -83,10 +95,15 @@ class Checkpointer:
 
     def __init__(self, directory: str | Path, keep: int = 3) -> None:
         self.directory = Path(directory).absolute()
+        # Several processes: synchronous saves (`save` waits anyway). Orbax's multi-process barriers
+        # are device collectives, and an asynchronous save runs some of them on a background thread,
+        # interleaved with the main thread's collectives in a different order on each process.
         self.manager = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+            self.directory, options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, enable_async_checkpointing=jax.process_count() == 1))
 
     def steps(self) -> list[int]:
+        """The steps of the checkpoints on disk, ascending (re-read from the directory)."""
         self.manager.reload()
         return sorted(self.manager.all_steps())
 
@@ -111,6 +128,8 @@ class Checkpointer:
         if jax.process_index() == 0:
             aside.mkdir(parents=True, exist_ok=True)
             shutil.move(str(self.directory / str(step)), str(dest))
+        if jax.process_count() > 1:  # nobody writes the step again before it has been moved
+            multihost_utils.sync_global_devices(f"sspo_jax_checkpoint_move_aside_{step}")
         log.warning("checkpoint %s/%d is being written again; the existing one (unreadable on resume) was moved "
                     "to %s", self.directory, step, dest)
         self.manager.reload()
@@ -164,4 +183,5 @@ class Checkpointer:
         return None
 
     def close(self) -> None:
+        """Waits for pending work and releases Orbax's resources."""
         self.manager.close()

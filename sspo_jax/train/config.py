@@ -14,6 +14,8 @@ YAML layout (every section optional; see configs/ for complete files)::
     checkpoint: {every, keep}
     logging:    {tensorboard, progress}
     mesh:       {data, fsdp, tensor}   (omit for one device; one size may be -1)
+    distributed: {enabled, coordinator_address, num_processes, process_id, local_device_ids}
+                (multi-host jobs; or the SSPO_* environment variables, see sspo_jax.parallel.distributed)
     run_dir:    runs/NAME
 
 `load_config(path, overrides)` reads a file, applies ``key.sub=value`` overrides and validates.
@@ -28,6 +30,7 @@ from typing import Any, Literal, Optional
 from sspo_jax.algorithms import presets
 from sspo_jax.algorithms.config import AlgorithmConfig, ConfigError
 from sspo_jax.data import DataConfig
+from sspo_jax.parallel.distributed import DistributedConfig
 from sspo_jax.parallel.mesh import MeshConfig
 from sspo_jax.rewards import RewardConfig
 from sspo_jax.rollout import SamplingConfig
@@ -231,7 +234,10 @@ class TrainConfig:
       eval: held-out evaluation.
       checkpoint: Orbax checkpoints.
       logging: metric sinks.
-      mesh: sizes of the device mesh axes (data, fsdp, tensor) for sharded training; None = one device.
+      mesh: sizes of the device mesh axes (data, fsdp, tensor) for sharded training; None = one device
+        (in a multi-process job: data parallel over all devices).
+      distributed: how the processes of a multi-host job find each other (read by ``sspo-jax train``
+        before JAX starts; every field may come from an SSPO_* environment variable instead).
       run_dir: directory of the run's metrics, checkpoints, config and summary (resumed when it
         holds checkpoints).
     """
@@ -247,6 +253,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = CheckpointConfig()
     logging: LoggingConfig = LoggingConfig()
     mesh: Optional[MeshConfig] = None
+    distributed: DistributedConfig = DistributedConfig()
     run_dir: str = "runs/default"
 
     def __post_init__(self) -> None:
@@ -284,6 +291,7 @@ class TrainConfig:
         return self.train.micro_batch_size or mb
 
     def replace(self, **changes) -> "TrainConfig":
+        """A copy with `changes` applied (validated again)."""
         return dataclasses.replace(self, **changes)
 
 

@@ -1,5 +1,6 @@
 """Metric sinks: ``RUN_DIR/metrics.jsonl`` (one object per step with a ``step`` key), TensorBoard
-event files (tensorboardX) and a console progress bar (tqdm)."""
+event files (tensorboardX) and a console progress bar (tqdm). In a multi-process job only process
+0 writes (the metrics are global, the same in every process)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+import jax
 
 
 def _clean(value: Any) -> Any:
@@ -20,11 +23,15 @@ def _clean(value: Any) -> Any:
 
 class MetricsWriter:
     """Appends per-step metrics to JSONL and TensorBoard. `truncate_after(step)` drops lines of
-    steps later than `step` (used on resume, so replayed steps are not logged twice)."""
+    steps later than `step` (used on resume, so replayed steps are not logged twice).
 
-    def __init__(self, run_dir: Path, *, tensorboard: bool = True, enabled: bool = True) -> None:
+    `enabled`: None (default) writes in process 0 only (every process of a single-process job is
+    process 0); False writes nothing.
+    """
+
+    def __init__(self, run_dir: Path, *, tensorboard: bool = True, enabled: Optional[bool] = None) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
-        self.enabled = enabled
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self._tb = None
         if enabled and tensorboard:
             from tensorboardX import SummaryWriter
@@ -32,6 +39,7 @@ class MetricsWriter:
             self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
 
     def truncate_after(self, step: int) -> None:
+        """Drops the JSONL lines of steps later than `step` (and a torn last line), atomically."""
         if not self.enabled or not self.path.exists():
             return
         kept = []
@@ -46,6 +54,7 @@ class MetricsWriter:
         os.replace(tmp, self.path)
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
+        """Appends one record ``{"step": step, **metrics}`` (NaN/inf as strings) and its scalars to TensorBoard."""
         if not self.enabled:
             return
         record = {"step": int(step), **{k: _clean(v) for k, v in sorted(metrics.items())}}
@@ -58,6 +67,7 @@ class MetricsWriter:
             self._tb.flush()
 
     def close(self) -> None:
+        """Flushes and closes the TensorBoard writer (the JSONL file is closed after every write)."""
         if self._tb is not None:
             self._tb.close()
             self._tb = None

@@ -6,6 +6,12 @@ advantages -> update epochs, with metrics, evaluation and checkpoints (auto-resu
 
 Every device computation is jitted once per shape (prompt widths are bucketed); the host does
 what is inherently host work: reading prompts, decoding responses, verifying answers.
+
+Multi-host (several processes, `sspo_jax.parallel.initialize` called first): every process reads
+every global prompt batch (the data cursor stays identical everywhere), keeps, samples, decodes and
+scores the rows its devices hold, and the global arrays are assembled from those rows; metrics are
+reduced over all processes. Only process 0 writes the run directory's files (config, metrics,
+TensorBoard, summary) and prints; Orbax checkpoints are written by all processes together.
 """
 
 from __future__ import annotations
@@ -29,7 +35,10 @@ from sspo_jax.algorithms import build_delimiter_table, segment_entropy_stats, se
 from sspo_jax.algorithms.config import ConfigError
 from sspo_jax.data import PromptBatch, PromptBatcher, build_source
 from sspo_jax.models import PromptCritic, Qwen2Config, TokenValueModel, from_pretrained
-from sspo_jax.parallel import batch_sharding, make_mesh, replicated, shard_like, sharding_for
+from sspo_jax.parallel import (MeshConfig, check_row_split, from_local_rows, gather, gather_local_rows,
+                               is_main_process, local_rows, make_mesh, multiprocess, process_rows,
+                               replicated, resolve, shard_like, sharding_for)
+from sspo_jax.parallel.host_data import all_processes, per_process, reduce_metrics
 from sspo_jax.rewards import compute_rewards, overlong_penalty
 from sspo_jax.rollout import GenerationResult, generate
 from sspo_jax.train import optim
@@ -65,7 +74,8 @@ def check_writable(run_dir: Path) -> None:
     """Fails before training starts when the run directory cannot be written."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-probe"
+        # processes of a multi-host job share the directory: one probe file each
+        probe = run_dir / (".write-probe" if jax.process_count() == 1 else f".write-probe-{jax.process_index()}")
         probe.write_bytes(b"0" * 4096)
         probe.unlink()
     except OSError as err:
@@ -151,8 +161,10 @@ class Trainer:
                  echo: Callable[[str], None] = print, resume: bool = True, resume_step: Optional[int] = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir or cfg.run_dir)
-        self.echo = echo
-        self.progress = cfg.logging.progress if progress is None else progress
+        self.main = is_main_process()  # process 0 (or the only one) prints and writes the run's files
+        self.echo = echo if self.main else (lambda s: None)
+        self.progress = (cfg.logging.progress if progress is None else progress) and self.main
+        self.procs = jax.process_count()  # the batch rows are split into this many equal parts
         alg = cfg.algorithm
         if cfg.sampling.top_k or cfg.sampling.top_p < 1 or cfg.sampling.temperature == 0:
             raise ConfigError(
@@ -170,7 +182,21 @@ class Trainer:
                                         else model_dir)
         dtype = jnp.dtype(cfg.model.dtype)
         compute = jnp.dtype(cfg.model.compute_dtype) if cfg.model.compute_dtype else None
-        self.mesh = make_mesh(cfg.mesh) if cfg.mesh is not None else None
+        mesh_cfg = cfg.mesh
+        if mesh_cfg is None and multiprocess():
+            mesh_cfg = MeshConfig()  # no mesh given: data parallel over every device of the job
+            self.echo(f"{self.procs} processes, no mesh configured: data parallel over all {jax.device_count()} "
+                      "devices (set mesh.fsdp / mesh.tensor to shard the weights)")
+        elif not multiprocess() and _wants_processes(cfg):
+            log.warning("the distributed settings ask for several processes but JAX runs in one: call "
+                        "sspo_jax.parallel.initialize(cfg.distributed) before any JAX computation (sspo-jax train "
+                        "does); training on this process's devices alone")
+        self.mesh = make_mesh(mesh_cfg) if mesh_cfg is not None else None
+        if multiprocess():
+            if cfg.data.batch_size % self.procs:
+                raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be a multiple of the {self.procs} "
+                                  "processes: each process takes data.batch_size / processes prompts of every batch")
+            check_row_split(self.mesh, cfg.rows, alg.group_size)
         place = sharding_for(self.mesh) if self.mesh is not None else None  # weights go straight to their shards
         policy = from_pretrained(model_dir, dtype=dtype, compute_dtype=compute, remat=cfg.model.remat,
                                  sharding_for=place)
@@ -226,7 +252,12 @@ class Trainer:
         temp = self.sampling.temperature
         micro = cfg.micro_batch_size
         self.stats_fn = make_stats_fn(self.models, alg, cfg.model.logprob_chunk_size, micro, temperature=temp)
-        self.update_fn = make_update_fn(self.models, alg, self.policy_tx, self.critic_tx,
+        loss_alg = alg
+        if alg.loss_agg_mode == "seq-mean-token-sum-norm" and alg.loss_norm_constant is None:
+            # Dr. GRPO divides by the maximum generation length (ALGORITHMS.md 4), not by the row
+            # width (prompt bucket + max_new_tokens), which would change with the prompt bucket.
+            loss_alg = alg.replace(loss_norm_constant=float(self.sampling.max_new_tokens))
+        self.update_fn = make_update_fn(self.models, loss_alg, self.policy_tx, self.critic_tx,
                                         chunk_size=cfg.model.logprob_chunk_size, micro_rows=micro, temperature=temp)
         seg_cfg = alg.segmentation
         self.segment_fn = jax.jit(lambda tokens, mask: segment_ids(tokens, mask, self.table, seg_cfg))
@@ -298,14 +329,25 @@ class Trainer:
     # ---- one rollout --------------------------------------------------------------------------
 
     def _rows(self, x: np.ndarray) -> jax.Array:
-        """A host array of rows on device: split over the mesh's (data, fsdp) axes when there is one."""
+        """This process's rows [n, ...] (all rows in a single process) as the global array
+        [n * processes, ...] on device: split over the mesh's (data, fsdp) axes when there is one."""
         if self.mesh is None:
             return jnp.asarray(x)
-        return jax.device_put(x, batch_sharding(self.mesh, np.ndim(x)))
+        return from_local_rows(x, self.mesh, np.shape(x)[0] * self.procs)
+
+    def _all_rows(self, x: np.ndarray) -> np.ndarray:
+        """Every process's rows of a per-process host array [n, ...], as one host array
+        [n * processes, ...] in global row order (`x` itself in a single process)."""
+        return gather_local_rows(x, self.mesh, np.shape(x)[0] * self.procs)
 
     def _generate_and_score(self, batch: PromptBatch, key: jax.Array) -> _Rollout:
+        """Samples the global `batch` (every process passes the same one) and scores this process's rows."""
         gen: GenerationResult = generate((self.models.policy, self.state.params), batch.input_ids,
-                                         batch.attention_mask, self.sampling, key)
+                                         batch.attention_mask, self.sampling, key, mesh=self.mesh,
+                                         replicate_outputs=False)
+        if multiprocess():  # decode and verify only the rows this process's devices hold
+            gen = jax.tree.map(local_rows, gen)
+            batch = batch.select(process_rows(self.mesh, len(batch.golds)))
         return self._score(gen, batch)
 
     def _score(self, gen: GenerationResult, batch: PromptBatch) -> _Rollout:
@@ -335,17 +377,18 @@ class Trainer:
                         reward_metrics=metrics)
 
     def _collect(self, key: jax.Array) -> tuple[_Rollout, dict[str, float]]:
-        """One batch of scored rows; DAPO's dynamic sampling keeps groups with reward variance."""
+        """This process's scored rows of one batch; DAPO's dynamic sampling keeps groups with reward
+        variance (each process fills its own share of the batch; rounds run until every process has)."""
         cfg, alg = self.cfg, self.cfg.algorithm
         g = alg.group_size
         if not alg.dynamic_sampling:
             roll = self._generate_and_score(self.batcher.next_batch(), key)
             return roll, {}
-        need = cfg.data.batch_size
+        need = cfg.data.batch_size // self.procs
         kept: list[_Rollout] = []
         dropped: list[_Rollout] = []
         n_kept = rounds = 0
-        while n_kept < need and rounds < alg.max_sampling_rounds:
+        while rounds < alg.max_sampling_rounds and not all_processes(n_kept >= need):
             roll = self._generate_and_score(self.batcher.next_batch(), jax.random.fold_in(key, rounds))
             rounds += 1
             r = roll.rewards.reshape(-1, g)
@@ -366,8 +409,11 @@ class Trainer:
             pad = dataclasses.replace(pad, response_mask=np.zeros_like(pad.response_mask))
             kept.append(pad)
         roll = _concat(kept)
-        return roll, {"dynamic_sampling/rounds": float(rounds), "dynamic_sampling/kept_groups": float(n_kept),
-                      "dynamic_sampling/filler_groups": float(filler)}
+        width = int(per_process(np.asarray(roll.prompt_width)).max())  # one global array width
+        roll = roll.widen(width) if width > roll.prompt_width else roll
+        counts = reduce_metrics({"dynamic_sampling/kept_groups": float(n_kept),
+                                 "dynamic_sampling/filler_groups": float(filler)}, sum_suffixes=("_groups",))
+        return roll, {"dynamic_sampling/rounds": float(rounds), **counts}
 
     def _prepare(self, roll: _Rollout) -> tuple[RolloutBatch, dict[str, float]]:
         """Device statistics, segments and advantages: the batch the update trains on."""
@@ -375,14 +421,15 @@ class Trainer:
         response_mask = roll.response_mask.copy()
         if alg.mask_truncated:
             response_mask[roll.truncated] = False
-        n, t = roll.tokens.shape
+        n_local, t = roll.tokens.shape
+        n = n_local * self.procs  # global rows
         tokens, attn, rmask = self._rows(roll.tokens), self._rows(roll.attention_mask), self._rows(response_mask)
-        last_prompt = self._rows(np.full((n,), roll.prompt_width - 1, np.int32))
+        last_prompt = self._rows(np.full((n_local,), roll.prompt_width - 1, np.int32))
         stats = self.stats_fn(self.state, tokens, attn, last_prompt)
         old_logp, entropy = stats["old_logp"], stats["entropy"]
         seg = self.segment_fn(tokens, rmask)
         rewards = self._rows(roll.rewards)
-        zeros = self._rows(np.zeros((n, t), np.float32))
+        zeros = self._rows(np.zeros((n_local, t), np.float32))
         returns = old_values = zeros
         metrics: dict[str, float] = {}
         if alg.advantage == "group_zscore":
@@ -392,7 +439,7 @@ class Trainer:
         elif alg.advantage in ("group_mean", "rloo"):
             fn = adv_lib.group_mean if alg.advantage == "group_mean" else adv_lib.rloo
             a = fn(rewards, alg.group_size)
-            g = np.asarray(roll.rewards).reshape(-1, alg.group_size)
+            g = self._all_rows(roll.rewards).reshape(-1, alg.group_size)
             metrics["zero_variance_group_frac"] = float(np.mean(g.max(1) == g.min(1)))
             advantages = jnp.broadcast_to(a[:, None], (n, t))
         elif alg.advantage == "gae":
@@ -406,14 +453,14 @@ class Trainer:
             a = adv_lib.sequence_baseline(rewards, z)
             advantages = jnp.broadcast_to(a[:, None], (n, t))
             metrics["critic_value_mean"] = float(jnp.mean(jax.nn.sigmoid(z)))
-        valid = np.asarray(rmask)
-        adv_np = np.asarray(advantages)[valid] if valid.any() else np.zeros(1)
-        drift = np.abs(np.asarray(old_logp) - roll.sampler_logp)[valid] if valid.any() else np.zeros(1)
+        valid = gather(rmask)  # host metrics over the global batch (every process computes the same)
+        adv_np = gather(advantages)[valid] if valid.any() else np.zeros(1)
+        drift = np.abs(gather(old_logp) - self._all_rows(roll.sampler_logp))[valid] if valid.any() else np.zeros(1)
         metrics.update({
             "advantage/mean": float(adv_np.mean()), "advantage/std": float(adv_np.std()),
             "advantage/min": float(adv_np.min()), "advantage/max": float(adv_np.max()),
             "sampler_logp_abs_diff": float(drift.mean()), "sampler_logp_abs_diff_max": float(drift.max()),
-            "old_entropy_mean": float(np.asarray(entropy)[valid].mean()) if valid.any() else 0.0,
+            "old_entropy_mean": float(gather(entropy)[valid].mean()) if valid.any() else 0.0,
         })
         batch = RolloutBatch(
             tokens=tokens, attention_mask=attn, response_mask=rmask, old_logp=old_logp, entropy=entropy,
@@ -445,12 +492,17 @@ class Trainer:
         self.state, upd = self.update_fn(self.state, batch)
         upd = {k: float(v) for k, v in upd.items()}
         t3 = time.perf_counter()
+        reward_metrics = reduce_metrics(roll.reward_metrics, sum_suffixes=("failures", "timeouts", "no_answer"))
+        if multiprocess():  # per-row host values of every process (small [N] arrays)
+            roll = dataclasses.replace(roll, rewards=self._all_rows(roll.rewards), correct=self._all_rows(roll.correct),
+                                       lengths=self._all_rows(roll.lengths), truncated=self._all_rows(roll.truncated),
+                                       response_mask=self._all_rows(roll.response_mask))
         valid = roll.response_mask.any(axis=1)
         n_tokens = int(roll.response_mask.sum())
         metrics = {
             **{f"policy/{k}": v for k, v in upd.items() if k not in ("skipped", "updates")},
             "skipped_updates": upd["skipped"], "updates": upd["updates"],
-            **roll.reward_metrics, **ds_metrics, **prep_metrics,
+            **reward_metrics, **ds_metrics, **prep_metrics,
             "reward/mean": float(roll.rewards[valid].mean()) if valid.any() else 0.0,
             "reward/std": float(roll.rewards[valid].std()) if valid.any() else 0.0,
             "accuracy": float(roll.correct[valid].mean()) if valid.any() else 0.0,
@@ -463,6 +515,8 @@ class Trainer:
         return metrics
 
     def save(self, step: int) -> None:
+        """Checkpoints the state and metadata of `step` (all processes take part); a failed write
+        is a `TrainingError` saying how to recover."""
         if self.checkpointer is None:
             return
         try:
@@ -478,8 +532,9 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Trains up to ``train.steps`` iterations; returns (and writes) a summary."""
         cfg = self.cfg
-        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_mapping(cfg), sort_keys=False))
-        self.writer = MetricsWriter(self.run_dir, tensorboard=cfg.logging.tensorboard)
+        if self.main:
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_mapping(cfg), sort_keys=False))
+        self.writer = MetricsWriter(self.run_dir, tensorboard=cfg.logging.tensorboard, enabled=self.main)
         self.writer.truncate_after(self.start_step)  # steps replayed after a crash are logged once
         t_start = time.perf_counter()
         if self.start_step == 0 and self.eval_batches and not self.eval_history:
@@ -525,7 +580,8 @@ class Trainer:
                 bar.close()
             self.writer.close()
         summary = self._summary(time.perf_counter() - t_start)
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if self.main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
 
     def _summary(self, wall_s: float) -> dict[str, Any]:
@@ -542,8 +598,17 @@ class Trainer:
         return out
 
     def close(self) -> None:
+        """Releases the checkpointer (call when done with the trainer)."""
         if self.checkpointer is not None:
             self.checkpointer.close()
+
+
+def _wants_processes(cfg: TrainConfig) -> bool:
+    """True when the config or the environment asks for a multi-process job."""
+    try:
+        return resolve(cfg.distributed) is not None
+    except ConfigError:
+        return True
 
 
 def _as_tuple(x) -> tuple:

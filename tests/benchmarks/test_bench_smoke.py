@@ -18,7 +18,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 
-@pytest.mark.parametrize("name", ["bench_losses", "bench_model", "bench_rollout", "bench_rewards"])
+@pytest.mark.parametrize("name", ["bench_losses", "bench_model", "bench_rollout", "bench_rewards", "bench_train", "bench_iteration", "run"])
 def test_benchmark_modules_import(name):
     mod = importlib.import_module(name)
     assert callable(mod.main)

@@ -87,15 +87,53 @@ def test_update_step_on_a_mesh_equals_one_device(policy, shape):
     assert len(jax.tree.leaves(got.params)[0].sharding.device_set) == 8
 
 
-@pytest.mark.parametrize("shape", MESHES, ids=lambda s: "x".join(map(str, s)))
-def test_greedy_sampler_on_a_mesh_equals_one_device(policy, shape):
-    graphdef, params = policy
+def _row_blocks(x) -> int:
+    """Into how many distinct row ranges the devices split `x`."""
+    return len({s.index[0].indices(x.shape[0]) for s in x.addressable_shards})
+
+
+def _prompts(rows: int):
     rng = np.random.default_rng(0)
-    prompts = rng.integers(0, 64, (8, 6)).astype(np.int32)
+    prompts = rng.integers(0, 64, (rows, 6)).astype(np.int32)
     mask = np.ones_like(prompts)
     mask[::3, :2] = 0
+    return prompts, mask
+
+
+@pytest.mark.parametrize("shape", MESHES, ids=lambda s: "x".join(map(str, s)))
+def test_greedy_sampler_on_a_mesh_equals_one_device(policy, shape):
+    """Prompts split over (data, fsdp), parameters by the rules: the same greedy tokens as on one
+    device, and the outputs stay split over the batch axes."""
+    graphdef, params = policy
+    prompts, mask = _prompts(8)
     cfg = SamplingConfig(max_new_tokens=6, temperature=0.0, prompt_buckets=(8,))
     expected = generate((graphdef, params), prompts, mask, cfg, jax.random.key(0))
     mesh = make_mesh(MeshConfig(*shape))
     got = generate((graphdef, shard_params(params, mesh)), prompts, mask, cfg, jax.random.key(0))
     np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(expected.tokens))
+    np.testing.assert_array_equal(np.asarray(got.response_mask), np.asarray(expected.response_mask))
+    for x in (got.tokens, got.response_mask, got.sampler_logp, got.response_lengths):
+        assert _row_blocks(x) == shape[0] * shape[1], x.sharding  # rows split over data x fsdp
+        assert len(x.sharding.device_set) == 8
+
+
+def test_sampling_on_a_mesh_equals_one_device_and_short_batches_are_replicated(policy):
+    """Temperature sampling draws the same tokens whatever the split (partitionable threefry), with
+    G copies of each prompt; a row count data x fsdp does not divide falls back to whole rows on
+    every device."""
+    graphdef, params = policy
+    prompts, mask = _prompts(4)
+    mesh = make_mesh(MeshConfig(2, 2, 2))
+    sharded = (graphdef, shard_params(params, mesh))
+    cfg = SamplingConfig(max_new_tokens=5, temperature=1.0, prompt_buckets=(8,))
+    expected = generate((graphdef, params), prompts, mask, cfg, jax.random.key(3), group_size=2)
+    got = generate(sharded, prompts, mask, cfg, jax.random.key(3), group_size=2)
+    np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(expected.tokens))
+    np.testing.assert_allclose(np.asarray(got.sampler_logp), np.asarray(expected.sampler_logp), rtol=1e-5, atol=1e-5)
+    assert _row_blocks(got.tokens) == 4
+    greedy = cfg.replace(temperature=0.0)
+    odd = generate(sharded, prompts[:3], mask[:3], greedy, jax.random.key(0))  # 3 rows over 4 row shards
+    assert odd.tokens.sharding.is_fully_replicated
+    np.testing.assert_array_equal(np.asarray(odd.tokens),
+                                  np.asarray(generate((graphdef, params), prompts[:3], mask[:3], greedy,
+                                                      jax.random.key(0)).tokens))

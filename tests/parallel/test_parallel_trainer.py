@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 
 from sspo_jax.parallel import MeshConfig
-from sspo_jax.rewards import RewardConfig
 from sspo_jax.train import Trainer
-from tests.train.test_train_loop import _digit_share  # noqa: F401 - registers the dense test reward
-from tests.train.train_fixtures import fast_config, make_checkpoint
+from tests.parallel.mesh_fixtures import mesh_run_config
+from tests.train.train_fixtures import make_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +19,7 @@ def model_dir(tmp_path_factory):
 
 
 def _run(model_dir, run_dir, mesh, steps):
-    cfg = fast_config(model_dir, "sspo", run_dir, "eval.enabled=false", steps=steps)
-    cfg = cfg.replace(rewards=RewardConfig(weights={"test_digit_share": 1.0}, workers=0), mesh=mesh)
+    cfg = mesh_run_config(model_dir, run_dir, steps, mesh, "eval.enabled=false")
     trainer = Trainer(cfg, echo=lambda s: None)
     trainer.run()
     trainer.close()
