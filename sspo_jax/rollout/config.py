@@ -60,6 +60,7 @@ class SamplingConfig:
 
     @property
     def greedy(self) -> bool:
+        """Temperature 0: decode by argmax."""
         return self.temperature == 0
 
     def bucket_for(self, prompt_len: int) -> int:
@@ -72,6 +73,7 @@ class SamplingConfig:
             "add a larger bucket to sampling.prompt_buckets or lower data.max_prompt_len")
 
     def replace(self, **changes) -> "SamplingConfig":
+        """A copy with `changes` applied (validated again)."""
         return dataclasses.replace(self, **changes)
 
 
