@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import RESULTS_DIR, write_json  # noqa: E402
+from common import RESULTS_DIR, summarize_times, write_json  # noqa: E402
 
 from sspo_jax.data import PromptBatcher, build_source  # noqa: E402
 from sspo_jax.rewards import compute_rewards  # noqa: E402
@@ -47,11 +46,6 @@ from sspo_jax.train import Trainer  # noqa: E402
 from sspo_jax.train.config import load_config, resolve_model_path  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny_grpo.yaml"
-
-
-def _summary(times: list[float]) -> dict:
-    return {"seconds": times, "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-            "stdev_s": statistics.stdev(times) if len(times) > 1 else 0.0, "repeats": len(times)}
 
 
 class TorchLoop:
@@ -136,9 +130,9 @@ def _run(step_fn, warmup: int, iterations: int, rows: int) -> dict:
         step_fn()
     n_rows = rows
     rows = [step_fn() for _ in range(iterations)]
-    out = {"iteration": _summary([r["time/step"] for r in rows])}
+    out = {"iteration": summarize_times([r["time/step"] for r in rows])}
     for key in ("time/generate_and_score", "time/stats", "time/update"):
-        out[key.split("/")[1]] = _summary([r[key] for r in rows])
+        out[key.split("/")[1]] = summarize_times([r[key] for r in rows])
     tokens = [r["response_length/mean"] * n_rows for r in rows]
     out["response_tokens_per_s"] = sum(tokens) / sum(r["time/step"] for r in rows)
     out["response_length_mean"] = float(np.mean([r["response_length/mean"] for r in rows]))

@@ -52,7 +52,7 @@ from flax import nnx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_model import CONFIGS as MODEL_CONFIGS  # noqa: E402
-from common import RESULTS_DIR, write_json  # noqa: E402
+from common import RESULTS_DIR, summarize_times, timed_calls, write_json  # noqa: E402
 
 from sspo_jax.algorithms import presets  # noqa: E402
 from sspo_jax.algorithms.clipping import segment_entropy_stats  # noqa: E402
@@ -70,14 +70,6 @@ CONFIGS = {
                  num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True),
 }
 LR = 1e-6  # small: repeated steps on one batch must stay finite
-
-
-def _stats(times: list[float], tokens: int) -> dict:
-    med = statistics.median(times)
-    return {"seconds": times, "median_s": med, "min_s": min(times), "max_s": max(times),
-            "stdev_s": statistics.stdev(times) if len(times) > 1 else 0.0, "repeats": len(times),
-            "tokens_per_s_median": tokens / med, "tokens_per_s_min": tokens / max(times),
-            "tokens_per_s_max": tokens / min(times)}
 
 
 def model_flops_per_token(spec: dict, seq_len: int) -> dict:
@@ -100,11 +92,7 @@ def measure_matmul_peak(dtype: str, n: int, repeats: int) -> dict:
     b = jax.random.normal(key2, (n, n), jnp.float32).astype(dt)
     f = jax.jit(lambda x, y: jnp.dot(x, y, precision="highest", preferred_element_type=dt))
     f(a, b).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f(a, b).block_until_ready()
-        times.append(time.perf_counter() - t0)
+    times = timed_calls(lambda: f(a, b).block_until_ready(), repeats)
     flops = 2.0 * n ** 3
     med = statistics.median(times)
     return {"n": n, "dtype": dtype, "seconds": times, "median_s": med, "flops": flops,
@@ -232,7 +220,7 @@ def bench_config(name: str, spec: dict, args, device: str) -> dict:
         assert np.isfinite(float(metrics["loss"])), f"flax {preset}: non-finite loss"
         for _ in range(args.warmup):
             flax_step()
-        entry = _stats(_time(flax_step, args.repeats), n_tok)
+        entry = summarize_times(timed_calls(flax_step, args.repeats), n_tok)
         entry.update({"compile_s": compile_s, "first_call_s": first,
                       "xla_flops": float(cost.get("flops", 0.0)) if cost else None,
                       "model_flops_per_s": flops["total"] * n_tok / entry["median_s"],
@@ -250,7 +238,7 @@ def bench_config(name: str, spec: dict, args, device: str) -> dict:
     assert torch.isfinite(loss), "torch: non-finite loss"
     for _ in range(args.warmup):
         torch_step()
-    res["torch"] = _stats(_time(torch_step, args.repeats), n_tok)
+    res["torch"] = summarize_times(timed_calls(torch_step, args.repeats), n_tok)
     res["torch"]["first_call_s"] = first
     res["torch"]["model_flops_per_s"] = flops["total"] * n_tok / res["torch"]["median_s"]
     res["torch"]["attn_implementation"] = getattr(hf.config, "_attn_implementation", None)
@@ -259,15 +247,6 @@ def bench_config(name: str, spec: dict, args, device: str) -> dict:
     res["load_avg_after"] = list(os.getloadavg())
     del hf
     return res
-
-
-def _time(fn, repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def _table(payload: dict) -> str:

@@ -76,6 +76,29 @@ def time_repeats(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[s
     }
 
 
+def timed_calls(fn: Callable[[], Any], repeats: int) -> list[float]:
+    """Wall-clock seconds of each of `repeats` calls of `fn` (which must block until done)."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def summarize_times(times: list[float], tokens: int | None = None) -> dict[str, Any]:
+    """The raw `times` with their median, min, max and standard deviation; with `tokens` (per
+    call) also tokens/s at the median, slowest and fastest call."""
+    med = statistics.median(times)
+    out: dict[str, Any] = {"seconds": times, "median_s": med, "min_s": min(times), "max_s": max(times),
+                           "stdev_s": statistics.stdev(times) if len(times) > 1 else 0.0,
+                           "repeats": len(times)}
+    if tokens is not None:
+        out.update(tokens_per_s_median=tokens / med, tokens_per_s_min=tokens / max(times),
+                   tokens_per_s_max=tokens / min(times))
+    return out
+
+
 def write_json(name: str, payload: dict[str, Any], out_dir: Path | None = None) -> Path:
     """Writes ``{"machine": ..., **payload}`` to ``benchmarks/results/<name>.json``."""
     out_dir = RESULTS_DIR if out_dir is None else Path(out_dir)
