@@ -43,6 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="train nothing: summarise the runs that exist and rewrite summary.json, figures and report.md")
     p.add_argument("--from-summary", action="store_true",
                    help="train and read nothing: redraw the figures and report.md from OUT/summary.json")
+    p.add_argument("--reuse-summary", action="store_true",
+                   help="labels with no run directories here keep their seeds from OUT/summary.json when their "
+                        "config, overrides, common overrides and seeds match (adds a run to a finished comparison "
+                        "without training the others again; the report names where each came from)")
     p.add_argument("--retry-failed", action="store_true",
                    help="delete the directories of failed runs and train them again from scratch")
     p.add_argument("--dry-run", action="store_true", help="print the training commands and exit")
@@ -97,6 +101,53 @@ def collect(spec, tasks, records: dict[tuple[str, int], dict[str, Any]]) -> dict
     return out
 
 
+def reuse_summarized(spec, per_label: dict[str, list[dict[str, Any]]], prior: dict[str, Any],
+                     extra: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Replaces, in `per_label`, each label whose runs are all missing by its records in `prior` (an
+    earlier summary.json of the same spec) and returns, per reused label, where it came from.
+
+    A label is reused only when the earlier summary trained it the same way: the same config file,
+    label overrides, common overrides, quick-check overrides, accuracy and collapse rules, and every
+    seed asked for now. Anything
+    else raises ConfigError naming the difference, since mixing two experiments in one table would
+    be silent.
+    """
+    from sspo_jax.algorithms.config import ConfigError
+    from sspo_jax.compare.summary import MISSING
+
+    before = {lab["label"]: lab for lab in prior.get("labels", [])}
+    old_spec = prior.get("spec", {})
+    origin = {"generated": prior.get("generated"), "git_commit": prior.get("machine", {}).get("git_commit")}
+    reused: dict[str, dict[str, Any]] = {}
+    for run in spec.runs:
+        if any(r["status"] != MISSING for r in per_label.get(run.label, [])) or run.label not in before:
+            continue
+        lab = before[run.label]
+        problems = []
+        if lab.get("config") != run.config:
+            problems.append(f"config {lab.get('config')!r} != {run.config!r}")
+        if list(lab.get("overrides", [])) != list(run.overrides):
+            problems.append(f"overrides {lab.get('overrides')} != {list(run.overrides)}")
+        if old_spec.get("common") != spec.to_mapping().get("common"):
+            problems.append("the spec's common overrides changed")
+        now = spec.to_mapping()
+        for key in ("accuracy_key", "accuracy_threshold", "collapse"):  # the per-seed verdicts depend on them
+            if old_spec.get(key) != now[key]:
+                problems.append(f"{key} {old_spec.get(key)!r} != {now[key]!r}")
+        if list(prior.get("quick_check_overrides") or []) != list(extra):
+            problems.append(f"quick-check overrides {prior.get('quick_check_overrides')} != {list(extra)}")
+        seeds = {r["seed"]: r for r in lab.get("per_seed", [])}
+        absent = [s for s in spec.seeds if s not in seeds]
+        if absent:
+            problems.append(f"seeds {absent} are not in it")
+        if problems:
+            raise ConfigError(f"--reuse-summary: label {run.label!r} of the earlier summary ({origin['generated']}) "
+                              f"was trained differently: {'; '.join(problems)}; train it again instead")
+        per_label[run.label] = [seeds[s] for s in spec.seeds]
+        reused[run.label] = {**origin, "command": lab.get("command")}
+    return reused
+
+
 def render(summary: dict[str, Any], out: Path) -> Path:
     """Figures and report.md of a summary into `out`; returns the report's path."""
     from sspo_jax.compare.plots import plot_all
@@ -149,8 +200,20 @@ def run(args: argparse.Namespace, echo: Callable[[str], None] = print) -> int:
                  "from their checkpoints")
             return 130
     per_label = collect(spec, tasks, records)
-    if args.report_only and all(r["status"] == "missing" for seeds in per_label.values() for r in seeds):
+    if args.report_only and not args.reuse_summary and all(r["status"] == "missing" for seeds in per_label.values() for r in seeds):
         echo(f"warning: no run of {spec.name} exists under {runs_root}: the report lists every run as missing")
+    reused: dict[str, dict[str, Any]] = {}
+    if args.reuse_summary:
+        from sspo_jax.compare.summary import read_summary
+
+        prior_path = out / "summary.json"
+        if not prior_path.is_file():
+            from sspo_jax.algorithms.config import ConfigError
+
+            raise ConfigError(f"--reuse-summary: {prior_path} does not exist")
+        reused = reuse_summarized(spec, per_label, read_summary(prior_path), extra)
+        for label, origin in reused.items():
+            echo(f"  {label}: {len(per_label[label])} seeds reused from {prior_path} ({origin['generated']})")
     commands = {}
     for task in tasks:
         commands.setdefault(task.label, runner.command_line(task))
@@ -160,7 +223,7 @@ def run(args: argparse.Namespace, echo: Callable[[str], None] = print) -> int:
         seen = [j for j in seen if isinstance(j, int)]
         jobs = max(seen, default=jobs)
     summary = build_summary(spec, per_label, machine=machine_info(jobs), extra_overrides=extra,
-                            commands=commands)
+                            commands=commands, reused=reused)
     write_summary(summary, out)
     path = render(summary, out)
     for lab in summary["labels"]:

@@ -95,6 +95,12 @@ def render_report(summary: dict[str, Any]) -> str:
         lines.append(f"- Machine: {cpu}, {machine.get('cpus_available', machine.get('cpu_count'))} CPUs, "
                      f"{machine.get('jobs', 1)} run(s) at a time; {versions}{commit}. Generated "
                      f"{summary.get('generated', '')}.")
+    for lab in labels:
+        origin = lab.get("reused_from")
+        if origin:
+            commit = f", commit `{origin['git_commit'][:12]}`" if origin.get("git_commit") else ""
+            lines.append(f"- Label {lab['label']}: runs of an earlier summary (generated {origin.get('generated')}"
+                         f"{commit}), reused unchanged with `--reuse-summary`.")
     lines += ["", "| label | train config | overrides (after the common ones) |", "|---|---|---|"]
     for lab in labels:
         lines.append(f"| {lab['label']} | {_code(lab['config'])} | "

@@ -281,13 +281,23 @@ def machine_info(jobs: int) -> dict[str, Any]:
 
 
 def build_summary(spec: CompareSpec, per_label: dict[str, list[dict[str, Any]]], *, machine: dict[str, Any],
-                  extra_overrides: tuple[str, ...] = (), commands: Optional[dict[str, str]] = None) -> dict[str, Any]:
-    """The summary.json mapping: spec, machine, per label its seeds' records and the aggregate."""
+                  extra_overrides: tuple[str, ...] = (), commands: Optional[dict[str, str]] = None,
+                  reused: Optional[dict[str, dict[str, Any]]] = None) -> dict[str, Any]:
+    """The summary.json mapping: spec, machine, per label its seeds' records and the aggregate.
+
+    `reused` maps the labels taken from an earlier summary to where they came from ("generated",
+    "git_commit", "command"); those labels carry it as "reused_from" and keep their own command.
+    """
     labels = []
     for run in spec.runs:
         seeds = per_label.get(run.label, [])
-        labels.append({"label": run.label, "config": run.config, "overrides": list(run.overrides),
-                       "command": (commands or {}).get(run.label), "aggregate": aggregate(seeds), "per_seed": seeds})
+        origin = (reused or {}).get(run.label)
+        entry = {"label": run.label, "config": run.config, "overrides": list(run.overrides),
+                 "command": origin["command"] if origin else (commands or {}).get(run.label),
+                 "aggregate": aggregate(seeds), "per_seed": seeds}
+        if origin:
+            entry["reused_from"] = {"generated": origin.get("generated"), "git_commit": origin.get("git_commit")}
+        labels.append(entry)
     return {
         "format": FORMAT_VERSION,
         "generated": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

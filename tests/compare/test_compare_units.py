@@ -100,6 +100,53 @@ def test_aggregate_over_seeds():
     assert "### Failed runs" in text and "failed: boom" in text
 
 
+def test_reuse_summary_keeps_matching_labels_and_refuses_changed_ones():
+    from sspo_jax.compare.command import reuse_summarized
+    from sspo_jax.compare.summary import MISSING
+
+    cfg = str(ROOT / "configs/tiny_sspo.yaml")
+    old_spec = CompareSpec(name="t", runs=(RunSpec("a", cfg),), seeds=(0, 1), accuracy_threshold=0.5)
+    series = {"step": [1, 2], "policy/clip_frac_low": [0.1, 0.1], "policy/clip_frac_high": [0.0, 0.0]}
+    old = [seed_result(s, FINISHED, series, {"step": [0, 10], "eval/accuracy": [0.4, 0.5 + s / 10]}, old_spec)
+           for s in (0, 1)]
+    prior = build_summary(old_spec, {"a": old}, machine={"jobs": 1, "git_commit": "abc123" * 7},
+                          commands={"a": "sspo-jax train a"})
+    prior = json.loads(json.dumps(prior))  # as read back from summary.json
+
+    # a new label b is trained; a has no run directories here and comes from the earlier summary
+    spec = CompareSpec(name="t", runs=(RunSpec("a", cfg), RunSpec("b", cfg, ("optim.lr=0.001",))),
+                       seeds=(0, 1), accuracy_threshold=0.5)
+    fresh = [seed_result(s, FINISHED, series, {"step": [0, 10], "eval/accuracy": [0.4, 0.3]}, spec) for s in (0, 1)]
+    missing = [seed_result(s, MISSING, {}, {}, spec) for s in (0, 1)]
+    per_label = {"a": missing, "b": fresh}
+    reused = reuse_summarized(spec, per_label, prior, ())
+    assert list(reused) == ["a"] and reused["a"]["git_commit"].startswith("abc123")
+    assert [r["final_accuracy"] for r in per_label["a"]] == [0.5, 0.6] and per_label["b"] is fresh
+    summary = build_summary(spec, per_label, machine={"jobs": 1}, commands={"b": "sspo-jax train b"},
+                            reused=reused)
+    a, b = summary["labels"]
+    assert a["aggregate"]["final_accuracy_mean"] == pytest.approx(0.55) and a["command"] == "sspo-jax train a"
+    assert a["reused_from"]["git_commit"].startswith("abc123") and "reused_from" not in b
+    assert "Label a: runs of an earlier summary" in render_report(summary)
+
+    # a label trained differently, or missing a seed, is refused by name
+    changed = CompareSpec(name="t", runs=(RunSpec("a", cfg, ("optim.lr=0.001",)),), seeds=(0, 1),
+                          accuracy_threshold=0.5)
+    with pytest.raises(ConfigError, match=r"label 'a' .* overrides"):
+        reuse_summarized(changed, {"a": list(missing)}, prior, ())
+    stricter = CompareSpec(name="t", runs=(RunSpec("a", cfg),), seeds=(0, 1), accuracy_threshold=0.6)
+    with pytest.raises(ConfigError, match="accuracy_threshold"):
+        reuse_summarized(stricter, {"a": list(missing)}, prior, ())
+    more_seeds = CompareSpec(name="t", runs=(RunSpec("a", cfg),), seeds=(0, 1, 2), accuracy_threshold=0.5)
+    with pytest.raises(ConfigError, match=r"seeds \[2\] are not in it"):
+        reuse_summarized(more_seeds, {"a": missing + [seed_result(2, MISSING, {}, {}, spec)]}, prior, ())
+    with pytest.raises(ConfigError, match="quick-check overrides"):
+        reuse_summarized(spec, {"a": list(missing), "b": fresh}, prior, ("train.steps=2",))
+    # a label with runs of its own is never replaced
+    per_label = {"a": fresh, "b": fresh}
+    assert reuse_summarized(spec, per_label, prior, ()) == {} and per_label["a"] is fresh
+
+
 # ---- spec validation --------------------------------------------------------------------------------
 
 GOOD = {"name": "x", "seeds": [0, 1], "common": {"train.steps": 2},
