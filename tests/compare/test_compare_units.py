@@ -127,7 +127,8 @@ def test_reuse_summary_keeps_matching_labels_and_refuses_changed_ones():
     a, b = summary["labels"]
     assert a["aggregate"]["final_accuracy_mean"] == pytest.approx(0.55) and a["command"] == "sspo-jax train a"
     assert a["reused_from"]["git_commit"].startswith("abc123") and "reused_from" not in b
-    assert "Label a: runs of an earlier summary" in render_report(summary)
+    text = render_report(summary)
+    assert "Label a: runs of an earlier summary" in text and "--report-only --reuse-summary" in text
 
     # a label trained differently, or missing a seed, is refused by name
     changed = CompareSpec(name="t", runs=(RunSpec("a", cfg, ("optim.lr=0.001",)),), seeds=(0, 1),
