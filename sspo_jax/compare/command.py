@@ -108,15 +108,14 @@ def reuse_summarized(spec, per_label: dict[str, list[dict[str, Any]]], prior: di
 
     A label is reused only when the earlier summary trained it the same way: the same config file,
     label overrides, common overrides, quick-check overrides, accuracy and collapse rules, and every
-    seed asked for now. Anything
-    else raises ConfigError naming the difference, since mixing two experiments in one table would
-    be silent.
+    seed asked for now. Anything else raises ConfigError naming the difference, since mixing two
+    experiments in one table would be silent.
     """
     from sspo_jax.algorithms.config import ConfigError
     from sspo_jax.compare.summary import MISSING
 
     before = {lab["label"]: lab for lab in prior.get("labels", [])}
-    old_spec = prior.get("spec", {})
+    old_spec, now = prior.get("spec", {}), spec.to_mapping()
     origin = {"generated": prior.get("generated"), "git_commit": prior.get("machine", {}).get("git_commit")}
     reused: dict[str, dict[str, Any]] = {}
     for run in spec.runs:
@@ -128,9 +127,8 @@ def reuse_summarized(spec, per_label: dict[str, list[dict[str, Any]]], prior: di
             problems.append(f"config {lab.get('config')!r} != {run.config!r}")
         if list(lab.get("overrides", [])) != list(run.overrides):
             problems.append(f"overrides {lab.get('overrides')} != {list(run.overrides)}")
-        if old_spec.get("common") != spec.to_mapping().get("common"):
+        if old_spec.get("common") != now["common"]:
             problems.append("the spec's common overrides changed")
-        now = spec.to_mapping()
         for key in ("accuracy_key", "accuracy_threshold", "collapse"):  # the per-seed verdicts depend on them
             if old_spec.get(key) != now[key]:
                 problems.append(f"{key} {old_spec.get(key)!r} != {now[key]!r}")
@@ -200,7 +198,8 @@ def run(args: argparse.Namespace, echo: Callable[[str], None] = print) -> int:
                  "from their checkpoints")
             return 130
     per_label = collect(spec, tasks, records)
-    if args.report_only and not args.reuse_summary and all(r["status"] == "missing" for seeds in per_label.values() for r in seeds):
+    nothing = all(r["status"] == "missing" for seeds in per_label.values() for r in seeds)
+    if args.report_only and nothing and not args.reuse_summary:
         echo(f"warning: no run of {spec.name} exists under {runs_root}: the report lists every run as missing")
     reused: dict[str, dict[str, Any]] = {}
     if args.reuse_summary:
