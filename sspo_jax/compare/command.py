@@ -142,7 +142,8 @@ def reuse_summarized(spec, per_label: dict[str, list[dict[str, Any]]], prior: di
             raise ConfigError(f"--reuse-summary: label {run.label!r} of the earlier summary ({origin['generated']}) "
                               f"was trained differently: {'; '.join(problems)}; train it again instead")
         per_label[run.label] = [seeds[s] for s in spec.seeds]
-        reused[run.label] = {**origin, "command": lab.get("command")}
+        first = lab.get("reused_from") or origin  # reused twice: where the runs themselves came from
+        reused[run.label] = {**first, "command": lab.get("command")}
     return reused
 
 

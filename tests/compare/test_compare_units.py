@@ -129,6 +129,11 @@ def test_reuse_summary_keeps_matching_labels_and_refuses_changed_ones():
     assert a["reused_from"]["git_commit"].startswith("abc123") and "reused_from" not in b
     text = render_report(summary)
     assert "Label a: runs of an earlier summary" in text and "--report-only --reuse-summary" in text
+    # reusing the new summary again keeps where the runs came from, not when they were last reused
+    again = json.loads(json.dumps(summary))
+    again["generated"], again["machine"] = "later", {"git_commit": "fff"}
+    per_label = {"a": [seed_result(s, MISSING, {}, {}, spec) for s in (0, 1)], "b": fresh}
+    assert reuse_summarized(spec, per_label, again, ())["a"]["git_commit"].startswith("abc123")
 
     # a label trained differently, or missing a seed, is refused by name
     changed = CompareSpec(name="t", runs=(RunSpec("a", cfg, ("optim.lr=0.001",)),), seeds=(0, 1),
