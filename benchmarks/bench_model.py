@@ -18,8 +18,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -32,6 +30,7 @@ import transformers
 from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import machine_info, summarize_times, timed_calls  # noqa: E402
 from sspo_jax.models import (  # noqa: E402
     from_pretrained,
     naive_token_logprobs_and_entropy,
@@ -44,22 +43,6 @@ CONFIGS = {
     "43M": dict(vocab_size=151936, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
 }
-
-
-def _stats(times: list[float], tokens: int) -> dict:
-    med = statistics.median(times)
-    return {"seconds": times, "median_s": med, "min_s": min(times), "max_s": max(times),
-            "tokens_per_s_median": tokens / med, "tokens_per_s_min": tokens / max(times),
-            "tokens_per_s_max": tokens / min(times)}
-
-
-def _time(fn, repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def _batch(vocab: int, b: int, t: int, seed: int = 0):
@@ -101,8 +84,8 @@ def bench_config(name: str, spec: dict, b: int, t: int, repeats: int, chunk: int
 
     torch_fwd()
     torch_fwd_bwd()
-    result["torch_forward"] = _stats(_time(torch_fwd, repeats), n_tok)
-    result["torch_forward_backward"] = _stats(_time(torch_fwd_bwd, repeats), n_tok)
+    result["torch_forward"] = summarize_times(timed_calls(torch_fwd, repeats), n_tok)
+    result["torch_forward_backward"] = summarize_times(timed_calls(torch_fwd_bwd, repeats), n_tok)
 
     # --- flax, same weights ----------------------------------------------------------------
     with tempfile.TemporaryDirectory() as d:
@@ -144,7 +127,7 @@ def bench_config(name: str, spec: dict, b: int, t: int, repeats: int, chunk: int
         t0 = time.perf_counter()
         jax.block_until_ready(fn())
         compile_s = time.perf_counter() - t0
-        result[key] = _stats(_time(lambda: jax.block_until_ready(fn()), repeats), n_tok)
+        result[key] = summarize_times(timed_calls(lambda: jax.block_until_ready(fn()), repeats), n_tok)
         result[key]["first_call_s"] = compile_s
     tps = lambda k: result[k]["tokens_per_s_median"]  # noqa: E731
     result["ratios_flax_over_torch"] = {
@@ -185,30 +168,12 @@ def bench_token_stats_memory(t: int, v: int, h: int, chunk: int, run: bool, repe
                  "forward_backward_temp_bytes": grad.memory_analysis().temp_size_in_bytes}
         if run:
             jax.block_until_ready(grad(*concrete))
-            entry["forward_backward"] = _stats(
-                _time(lambda: jax.block_until_ready(grad(*concrete)), repeats), t)
+            entry["forward_backward"] = summarize_times(
+                timed_calls(lambda: jax.block_until_ready(grad(*concrete)), repeats), t)
         out[name] = entry
     out["ratio_naive_over_chunked_forward_backward"] = (
         out["naive"]["forward_backward_temp_bytes"] / out["chunked"]["forward_backward_temp_bytes"])
     return out
-
-
-def machine_info() -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "cpu_count": os.cpu_count(), "load_avg_at_start": os.getloadavg(),
-            "jax_devices": [str(d) for d in jax.devices()],
-            "versions": {"jax": jax.__version__, "flax": __import__("flax").__version__,
-                         "torch": torch.__version__, "transformers": transformers.__version__,
-                         "numpy": np.__version__}}
 
 
 def main() -> None:
@@ -227,7 +192,7 @@ def main() -> None:
     torch.set_num_threads(2)
     jax.config.update("jax_default_matmul_precision", "highest")
     report = {"benchmark": "bench_model", "date": datetime.datetime.now(
-        datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(),
+        datetime.timezone.utc).isoformat(timespec="seconds"), "machine": {**machine_info(), "load_avg_at_start": os.getloadavg()},
         "args": vars(args), "torch_threads": torch.get_num_threads(), "models": {}}
     for name in args.configs.split(","):
         print(f"[bench_model] config {name} ...", flush=True)

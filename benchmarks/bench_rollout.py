@@ -53,7 +53,7 @@ from flax import nnx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_model import CONFIGS as MODEL_CONFIGS  # noqa: E402
-from common import RESULTS_DIR, write_json  # noqa: E402
+from common import RESULTS_DIR, summarize_times, write_json  # noqa: E402
 
 from sspo_jax.models import Qwen2Config, Qwen2ForCausalLM, save_pretrained  # noqa: E402
 from sspo_jax.rollout import SamplingConfig, generate, trace_count  # noqa: E402
@@ -71,14 +71,6 @@ CONFIGS = {
 DEVICE = "cpu"  # the torch device: "cuda" when JAX runs on a GPU (set in main)
 DTYPE = "float32"  # compute dtype of both sides (--dtype)
 ALIASES = {"5M": "small", "43M": "large"}
-
-
-def _stats(times: list[float], tokens: int) -> dict:
-    med = statistics.median(times)
-    return {"seconds": times, "median_s": med, "min_s": min(times), "max_s": max(times),
-            "stdev_s": statistics.stdev(times) if len(times) > 1 else 0.0, "repeats": len(times),
-            "tokens_per_s_median": tokens / med, "tokens_per_s_min": tokens / max(times),
-            "tokens_per_s_max": tokens / min(times)}
 
 
 def _cpu_stall_us() -> float | None:
@@ -241,12 +233,12 @@ def bench_one(name: str, spec: dict, model, hf, b: int, prompt_len: int, new_tok
     for r in range(repeats):
         for side in (("flax", "torch") if r % 2 == 0 else ("torch", "flax")):
             times[side] += _timed(calls[side], 1, stalls[side])
-    res["flax"] = _stats(times["flax"], n_tok)
+    res["flax"] = summarize_times(times["flax"], n_tok)
     res["flax"]["cpu_pressure_pct"] = stalls["flax"]
     res["flax"]["first_call_s"] = first
     res["flax"]["compile_s_estimate"] = first - res["flax"]["median_s"]
     res["flax"]["traces"] = trace_count() - traces0
-    res["torch"] = {"first_call_s": torch_first, **_stats(times["torch"], n_tok)}
+    res["torch"] = {"first_call_s": torch_first, **summarize_times(times["torch"], n_tok)}
     res["torch"]["cpu_pressure_pct"] = stalls["torch"]
     res["ratio_flax_over_torch"] = res["flax"]["tokens_per_s_median"] / res["torch"]["tokens_per_s_median"]
     res["paired_ratio_median"] = statistics.median(t / f for f, t in zip(times["flax"], times["torch"]))

@@ -40,7 +40,9 @@ class LossOutput:
       metrics: name -> float32 [] of this batch, stop-gradient: token means (``clip_frac_low``,
         ``clip_frac_high``, ``clip_frac_dual``, ``ratio_mean``, ``approx_kl`` (k3 to the old
         policy), ``g_mean``, ``kl`` with KL, ``entropy`` when entropy is given), fractions of
-        segments (``seg_clip_frac_low/high``), extremes (``ratio_min/max``, ``g_min/max``),
+        segments (``seg_clip_frac_low/high``), ``escape_frac`` (tokens whose own ratio is past
+        the bound for their advantage's sign while their unit's ratio is not clipped; 0 at token
+        granularity), extremes (``ratio_min/max``, ``g_min/max``),
         segment statistics (``segments_per_response``, ``mean_segment_length``) and the
         configured (unscaled) ``eps_low``, ``eps_high``.
       num_tokens: float32 [], valid tokens of this batch: the weight for merging `metrics`
@@ -159,12 +161,19 @@ def policy_loss(cfg: AlgorithmConfig, logp: Array, old_logp: Array, advantages: 
     sg = jax.lax.stop_gradient
     rho = jnp.exp(sg(log_rho))
     lp_sg = jnp.where(valid, sg(logp), 0.0)
+    # Tokens whose own ratio is past the bound the clip enforces for their advantage's sign while
+    # their unit's ratio is not clipped: what a segment or sequence mean lets through.
+    token_rho = jnp.exp(jnp.clip(lp_sg - jnp.where(valid, old_logp, 0.0), -cfg.log_ratio_clamp, cfg.log_ratio_clamp))
+    past = (((advantages > 0) & (token_rho > 1.0 + cfg.eps_high * g))
+            | ((advantages < 0) & (token_rho < 1.0 - cfg.eps_low * g)))
+    escaped = past & ~(sur.clipped_low | sur.clipped_high)
     metrics.update({
         "clip_frac_low": _masked_mean(sur.clipped_low, valid),
         "clip_frac_high": _masked_mean(sur.clipped_high, valid),
         "clip_frac_dual": _masked_mean(sur.dual_clipped, valid),
         "seg_clip_frac_low": _segment_fraction(sur.clipped_low, valid, segment_ids),
         "seg_clip_frac_high": _segment_fraction(sur.clipped_high, valid, segment_ids),
+        "escape_frac": _masked_mean(escaped, valid),
         "ratio_mean": _masked_mean(rho, valid),
         "ratio_min": _masked_min(rho, valid, 1.0),
         "ratio_max": _masked_max(rho, valid, 1.0),

@@ -366,6 +366,9 @@ METRICS: dict[str, tuple[str, str]] = {
                                         "(0 without `dual_clip`)."),
     "policy/seg_clip_frac_low": ("always", "fraction of segments (units of the ratio) with a token clipped low."),
     "policy/seg_clip_frac_high": ("always", "fraction of segments with a token clipped high."),
+    "policy/escape_frac": ("always", "fraction of valid tokens whose own ratio exp(logp - logp_old) is past "
+                           "the bound the clip enforces for their advantage's sign while their unit's ratio is not "
+                           "clipped: what a segment or sequence mean lets through (0 at token granularity)."),
     "policy/ratio_mean": ("always", "mean importance ratio rho applied at valid tokens."),
     "policy/ratio_min": ("always", "smallest ratio applied at a valid token."),
     "policy/ratio_max": ("always", "largest ratio applied at a valid token."),

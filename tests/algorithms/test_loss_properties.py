@@ -292,6 +292,38 @@ def test_clip_fraction_falls_from_token_to_segment_to_sequence():
     assert fracs["token"] > fracs["subsentence"] > fracs["sequence"], fracs
 
 
+def test_escape_fraction_counts_tokens_a_unit_mean_lets_through():
+    rng = np.random.default_rng(1)
+    b, t = 32, 24
+    tokens = np.full((b, t), 13, np.int32)
+    tokens[:, 5::6] = 1  # segments of 6 tokens
+    mask = jnp.ones((b, t), bool)
+    old = np.full((b, t), -1.0, np.float32)
+    logp = (old + 0.3 * rng.normal(size=(b, t))).astype(np.float32)
+    adv = rng.choice([-1.0, 1.0], size=b).astype(np.float32)
+    escape = {}
+    for gran in ("token", "subsentence", "sequence"):
+        cfg = _with_seg(presets.get("sspo", entropy_alpha=0.0), granularity=gran)
+        seg = segment_ids(jnp.asarray(tokens), mask, toy_table(), cfg.segmentation)
+        out = policy_loss(cfg, jnp.asarray(logp), jnp.asarray(old), jnp.asarray(adv), mask, segment_ids=seg)
+        escape[gran] = float(out.metrics["escape_frac"])
+        # plain NumPy: a token's own ratio past the bound for its advantage's sign, its unit unclipped
+        r_tok = np.exp(logp - old)
+        a = adv[:, None]
+        past = ((a > 0) & (r_tok > 1 + cfg.eps_high)) | ((a < 0) & (r_tok < 1 - cfg.eps_low))
+        if gran == "token":
+            unit_clipped = past
+        else:
+            sid = np.asarray(seg)
+            unit = np.zeros((b, t))
+            for i in range(b):
+                for k in np.unique(sid[i]):
+                    unit[i, sid[i] == k] = np.exp(np.mean(logp[i, sid[i] == k] - old[i, sid[i] == k]))
+            unit_clipped = ((a > 0) & (unit > 1 + cfg.eps_high)) | ((a < 0) & (unit < 1 - cfg.eps_low))
+        np.testing.assert_allclose(escape[gran], np.mean(past & ~unit_clipped), atol=1e-6, err_msg=gran)
+    assert escape["token"] == 0.0 and 0 < escape["subsentence"] < escape["sequence"], escape
+
+
 # --- robustness -------------------------------------------------------------------------------
 
 @st.composite
