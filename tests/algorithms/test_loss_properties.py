@@ -274,15 +274,20 @@ def test_one_extreme_token_clips_its_unit_only(granularity, clipped_tokens):
     assert list(np.flatnonzero(np.asarray(grad)[0] == 0)) == clipped_tokens
 
 
-def test_clip_fraction_falls_from_token_to_segment_to_sequence():
-    rng = np.random.default_rng(0)
-    b, t = 64, 48
+def _noisy_segmented(seed: int, b: int, t: int):
+    """Rows of 6-token segments with i.i.d. noisy token log-ratios and +-1 advantages (host arrays)."""
+    rng = np.random.default_rng(seed)
     tokens = np.full((b, t), 13, np.int32)
     tokens[:, 5::6] = 1  # segments of 6 tokens
-    mask = jnp.ones((b, t), bool)
     old = np.full((b, t), -1.0, np.float32)
-    logp = (old + 0.3 * rng.normal(size=(b, t))).astype(np.float32)  # i.i.d. noisy token log-ratios
-    adv = jnp.asarray(rng.choice([-1.0, 1.0], size=b), jnp.float32)
+    logp = (old + 0.3 * rng.normal(size=(b, t))).astype(np.float32)
+    adv = rng.choice([-1.0, 1.0], size=b).astype(np.float32)
+    return tokens, jnp.ones((b, t), bool), old, logp, adv
+
+
+def test_clip_fraction_falls_from_token_to_segment_to_sequence():
+    tokens, mask, old, logp, adv = _noisy_segmented(0, 64, 48)
+    adv = jnp.asarray(adv)
     fracs = {}
     for gran in ("token", "subsentence", "sequence"):
         cfg = _with_seg(presets.get("sspo", entropy_alpha=0.0), granularity=gran)
@@ -293,14 +298,8 @@ def test_clip_fraction_falls_from_token_to_segment_to_sequence():
 
 
 def test_escape_fraction_counts_tokens_a_unit_mean_lets_through():
-    rng = np.random.default_rng(1)
     b, t = 32, 24
-    tokens = np.full((b, t), 13, np.int32)
-    tokens[:, 5::6] = 1  # segments of 6 tokens
-    mask = jnp.ones((b, t), bool)
-    old = np.full((b, t), -1.0, np.float32)
-    logp = (old + 0.3 * rng.normal(size=(b, t))).astype(np.float32)
-    adv = rng.choice([-1.0, 1.0], size=b).astype(np.float32)
+    tokens, mask, old, logp, adv = _noisy_segmented(1, b, t)
     escape = {}
     for gran in ("token", "subsentence", "sequence"):
         cfg = _with_seg(presets.get("sspo", entropy_alpha=0.0), granularity=gran)
