@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Regenerates docs/configuration.md (from the config dataclasses) and docs/metrics.md (from the
-metrics glossary in sspo_jax/train/reference_docs.py).
+metrics glossary in scripts/reference_docs.py).
 
     .venv/bin/python scripts/gen_docs.py          # write both files
     .venv/bin/python scripts/gen_docs.py --check  # exit 1 if a committed file is stale
@@ -15,7 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sspo_jax.train.reference_docs import render_configuration_reference, render_metrics_glossary  # noqa: E402
+sys.path.insert(0, str(ROOT / "scripts"))
+from reference_docs import render_configuration_reference, render_metrics_glossary  # noqa: E402
 
 DOCS = {
     "docs/configuration.md": render_configuration_reference,

@@ -30,42 +30,30 @@ def _quiet_runtime() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def _find_run_dir(path: Path) -> tuple[Path, Optional[int]]:
-    """A run directory and an optional step from RUN_DIR or RUN_DIR/checkpoints/STEP."""
-    if path.name.isdigit() and path.parent.name == "checkpoints":
-        return path.parent.parent, int(path.name)
-    return path, None
-
-
-def _is_run_dir(path: Path) -> bool:
-    run, _ = _find_run_dir(path)
-    return (run / "config.yaml").is_file() and (run / "checkpoints").is_dir()
-
-
-def _trainer_for_run(path: Path, overrides: list[str] = ()):
-    from sspo_jax.train import Trainer, load_config
-
-    run, step = _find_run_dir(path)
-    cfg = load_config(run / "config.yaml", ["logging.progress=false", "logging.tensorboard=false", *overrides])
-    trainer = Trainer(cfg, run, echo=lambda s: None, resume=True, resume_step=step)
-    if trainer.start_step == 0:
-        raise SystemExit(f"error: {run} holds no checkpoint to load")
-    return trainer
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     """`sspo-jax train`: load the config (with --set overrides), initialise multi-host JAX if configured, train; exit code."""
     from sspo_jax.parallel import initialize
     from sspo_jax.train import load_config, train
 
     overrides = list(args.set or [])
-    if args.run_dir:
+    if args.run_dir is not None:
+        if not args.run_dir.strip():
+            from sspo_jax.errors import ConfigError
+
+            raise ConfigError("--run-dir is empty: name the run directory (or leave the flag out to use the config's "
+                              "run_dir)")
         overrides.append(f"run_dir={args.run_dir}")
     if args.no_progress:
         overrides.append("logging.progress=false")
     cfg = load_config(args.config, overrides)
     initialize(cfg.distributed)  # multi-host jobs: before any JAX computation; one process: nothing
-    summary = train(cfg)
+    from sspo_jax.train.trainer import TrainingStopped
+
+    try:
+        summary = train(cfg, allow_config_change=tuple(args.allow_config_change or ()))
+    except TrainingStopped as stopped:  # SIGTERM / Ctrl-C: a clean stop, not an error
+        print(str(stopped), file=sys.stderr)
+        return 128 + stopped.signum
     before, after = summary.get("accuracy_before"), summary.get("accuracy_after")
     print(f"run directory: {summary['run_dir']}")
     if before is not None and after is not None:
@@ -83,73 +71,133 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import jax  # noqa: F401 - initialise JAX before loading models
     from flax import nnx
 
+    from sspo_jax.errors import ConfigError
     from sspo_jax.models import from_pretrained
+    from sspo_jax.rewards import get_reward
     from sspo_jax.train import load_config, resolve_model_path
+    from sspo_jax.train.build import checkpoint_stop_tokens, load_tokenizer, resolve_sampling
     from sspo_jax.train.evaluate import build_eval_batches, eval_data_config, evaluate_policy
-    from sspo_jax.train.trainer import load_tokenizer
+    from sspo_jax.train.load_run import is_run_dir, load_run
 
-    path = Path(args.model)
+    if args.samples < 0:
+        raise ConfigError(f"--samples={args.samples} must be >= 0 (0 = greedy only)")
+    if args.size < 1:
+        raise ConfigError(f"--size={args.size} must be >= 1")
+    get_reward(args.reward)  # an unknown --reward fails before any model loads
     overrides = list(args.set or [])
+    if args.max_new_tokens is not None:
+        overrides.append(f"eval.max_new_tokens={args.max_new_tokens}")
     if args.data and args.data != "arithmetic":
         overrides += [f"data.source={'parquet' if args.data.endswith('.parquet') else 'jsonl'}",
                       f"data.path={args.data}", f"eval.path={args.data}"]
-    if _is_run_dir(path):
-        trainer = _trainer_for_run(path, overrides)
-        cfg, tokenizer = trainer.cfg, trainer.tokenizer
-        model_like, sampling = (trainer.models.policy, trainer.state.params), trainer.sampling
-        where = f"{_find_run_dir(path)[0]} step {trainer.start_step}"
+    if is_run_dir(args.model):
+        run = load_run(args.model, overrides=overrides)
+        cfg, tokenizer, sampling = run.config, run.tokenizer, run.sampling
+        model_like, where = (run.graphdef, run.params), f"{run.run_dir} step {run.step}"
     else:
         cfg = load_config(args.config, [f"model.path={args.model}", *overrides])
         model_dir = resolve_model_path(cfg.model.path)
         tokenizer = load_tokenizer(model_dir)
-        model = from_pretrained(model_dir)
-        eos = tuple(cfg.sampling.eos_token_ids) or (tokenizer.eos_token_id,)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-        sampling = cfg.sampling.replace(eos_token_ids=eos, pad_token_id=pad)
-        model_like = nnx.split(model)
-        where = str(model_dir)
+        compute = cfg.model.compute_dtype
+        model = from_pretrained(model_dir, dtype=jax.numpy.dtype(cfg.model.dtype),
+                                compute_dtype=compute and jax.numpy.dtype(compute))
+        sampling = resolve_sampling(cfg.sampling, tokenizer, model.config.eos_token_id,
+                                    checkpoint_stops=checkpoint_stop_tokens(cfg, model_dir),
+                                    vocab_size=model.config.vocab_size)
+        model_like, where = nnx.split(model), str(model_dir)
     data = eval_data_config(cfg.data, size=args.size, batch_size=cfg.eval.batch_size,
                             path=cfg.eval.path or (args.data if args.data != "arithmetic" else None))
     if data is None:
-        raise SystemExit("error: nothing to evaluate on: pass --data FILE.jsonl (or use the arithmetic task)")
+        raise ConfigError("nothing to evaluate on: pass --data FILE.jsonl (or use the arithmetic task)")
     batches = build_eval_batches(data, tokenizer, args.size)
     result = evaluate_policy(model_like, tokenizer, batches, sampling, cfg.rewards, reward_name=args.reward,
-                             samples=args.samples, seed=cfg.train.seed)
+                             samples=args.samples, seed=cfg.train.seed, max_new_tokens=cfg.eval.max_new_tokens)
     result = {"model": where, **{k.removeprefix("eval/"): v for k, v in result.items()}}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        _write_new_file(Path(args.out), text + "\n", "--out")
     return 0
+
+
+def _write_new_file(path: Path, text: str, flag: str) -> None:
+    from sspo_jax.errors import ConfigError
+
+    try:
+        path.write_text(text)
+    except OSError as err:
+        raise ConfigError(f"{flag} {str(path)!r}: cannot write ({err.strerror})") from None
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "generation_config.json", "chat_template.jinja")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     """`sspo-jax export`: write a run's checkpoint as a Hugging Face directory (safetensors, config, tokenizer); exit code."""
     import shutil
 
-    from flax import nnx
-
+    from sspo_jax.errors import ConfigError
     from sspo_jax.models import save_pretrained
+    from sspo_jax.train.load_run import load_run
 
-    trainer = _trainer_for_run(Path(args.checkpoint))
-    model = nnx.merge(trainer.models.policy, trainer.state.params)
     out = Path(args.out)
-    save_pretrained(model, out, dtype=args.dtype)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-                 "generation_config.json", "chat_template.jinja"):
-        src = trainer.model_dir / name
-        if src.is_file():
-            shutil.copy2(src, out / name)
-    trainer.tokenizer.save_pretrained(str(out))
-    print(f"exported step {trainer.start_step} of {_find_run_dir(Path(args.checkpoint))[0]} to {out}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file, not a directory: name a new or empty directory")
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        raise ConfigError(f"--out {str(out)!r} is not empty: name a new or empty directory, or pass --force to "
+                          "write the export's files into it (other files are left as they are)")
+    run = load_run(args.checkpoint)
+    _check_finite(run)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        save_pretrained(run.model(), out, dtype=args.dtype)
+        for name in TOKENIZER_FILES:
+            src = run.model_dir / name
+            if src.is_file():
+                shutil.copy2(src, out / name)
+        run.tokenizer.save_pretrained(str(out))
+    except OSError as err:
+        raise ConfigError(f"--out {str(out)!r}: cannot write the export ({err.strerror})") from None
+    print(f"exported step {run.step} of {run.run_dir} to {out}")
     return 0
+
+
+def _check_finite(run) -> None:
+    """Refuses to export a checkpoint with a NaN or infinite weight (`CheckpointError` naming the first)."""
+    import jax
+    import numpy as np
+
+    from sspo_jax.errors import CheckpointError
+
+    for path, leaf in jax.tree_util.tree_leaves_with_path(run.params):
+        values = np.asarray(jax.device_get(leaf), dtype=np.float32)
+        if not np.all(np.isfinite(values)):
+            bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+            raise CheckpointError(f"checkpoint {run.run_dir}/checkpoints/{run.step} has non-finite weights "
+                                  f"({bad} of {values.size} values of {jax.tree_util.keystr(path)} are NaN or inf): "
+                                  "training diverged; export an earlier step of "
+                                  f"{_checkpoint_steps_of(run)} or retrain with a lower optim.lr")
+
+
+def _checkpoint_steps_of(run) -> list[int]:
+    """The checkpoint steps of a loaded run's directory."""
+    from sspo_jax.train.load_run import checkpoint_steps
+
+    return checkpoint_steps(run.run_dir)
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
     """`sspo-jax plot`: draw a run's metrics (reward, accuracy, clip fractions, entropy) to a PNG; exit code."""
+    from sspo_jax.errors import ConfigError
     from sspo_jax.train.plotting import plot_run
 
-    path = plot_run(Path(args.run_dir), Path(args.out) if args.out else None)
+    try:
+        path = plot_run(Path(args.run_dir), Path(args.out) if args.out else None)
+    except OSError as err:
+        where = args.out or str(Path(args.run_dir) / "curves.png")
+        raise ConfigError(f"cannot write the plot to {where!r} ({err.strerror}): pass --out PATH.png "
+                          "somewhere writable") from None
     print(f"wrote {path}")
     return 0
 
@@ -168,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
     p.add_argument("--run-dir", help="run directory (default: run_dir of the config)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--allow-config-change", action="append", metavar="KEY",
+                   help="resume although config KEY (or a whole section, e.g. algorithm) differs from the "
+                        "checkpoint's; recorded in RUN_DIR/config_changes.jsonl (repeatable; keys such as "
+                        "train.steps, eval.*, logging.* need no flag)")
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("eval", help="held-out accuracy and pass@k of a model or checkpoint",
@@ -180,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=0, help="k sampled responses per problem for pass@k (0 = greedy only)")
     p.add_argument("--size", type=int, default=128, help="number of problems")
     p.add_argument("--reward", default="math", help="correctness reward (default math)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="response budget of the evaluation (default: eval.max_new_tokens, else sampling's)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
     p.add_argument("--out", help="also write the JSON summary here")
     p.set_defaults(fn=cmd_eval)
@@ -191,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="RUN_DIR or RUN_DIR/checkpoints/STEP")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="weights dtype (default: as trained)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out directory")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("plot", help="PNG curves of a run's metrics",
@@ -200,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output PNG path")
     p.set_defaults(fn=cmd_plot)
 
-    from sspo_jax.compare import command as compare_command
+    from sspo_jax.tools.compare import command as compare_command  # tooling: the CLI composes it with the core
 
     p = sub.add_parser("compare", help="train a comparison spec over seeds and write its report",
                        description=compare_command.DESCRIPTION, epilog=compare_command.EPILOG,
@@ -211,28 +266,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Entry point of `sspo-jax`: parse `argv`, run the subcommand; 0 on success, 2 (with a one-line `error:`) on bad input."""
+    """Entry point of `sspo-jax`: parse `argv`, run the subcommand; 0 on success, 2 (with a one-line
+    ``error:``) on any `sspo_jax.errors.SspoError` or a missing file."""
     _quiet_runtime()
     args = build_parser().parse_args(argv)
+    from sspo_jax.errors import SspoError, one_line
+
     try:
         return args.fn(args)
-    except _user_errors() as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (SspoError, FileNotFoundError) as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors caused by the user's config, files or data: printed without a traceback."""
-    from sspo_jax.algorithms.config import ConfigError
-    from sspo_jax.data import DataError
-    from sspo_jax.models import CheckpointError
-    from sspo_jax.models import ConfigError as ModelConfigError
-    from sspo_jax.rewards import RewardConfigError
-    from sspo_jax.rollout import SamplingError
-    from sspo_jax.train import TrainingError
-
-    return (ConfigError, DataError, CheckpointError, ModelConfigError, RewardConfigError, SamplingError,
-            TrainingError, FileNotFoundError)
 
 
 if __name__ == "__main__":

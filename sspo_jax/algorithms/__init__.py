@@ -9,7 +9,8 @@ Imports nothing else from sspo_jax. Typical use::
     out.loss_sum, out.denominator, out.metrics
 """
 
-from sspo_jax.algorithms import advantages, aggregation, clipping, kl, losses, presets, ratios, segments
+from sspo_jax.algorithms import (advantages, aggregation, cispo, clipping, covariance, entropy_mask, gmpo, kl,
+                                 losses, objectives, presets, ratios, segments)
 from sspo_jax.algorithms.aggregation import aggregate, safe_divide
 from sspo_jax.algorithms.clipping import EntropyStats, clipped_surrogate, entropy_scale, segment_entropy_stats
 from sspo_jax.algorithms.config import AlgorithmConfig, ConfigError, SegmentationConfig
@@ -19,7 +20,8 @@ from sspo_jax.algorithms.segments import DelimiterTable, build_delimiter_table, 
 
 __all__ = [
     "AlgorithmConfig", "ConfigError", "DelimiterTable", "EntropyStats", "LossOutput", "SegmentationConfig",
-    "advantages", "aggregate", "aggregation", "bce_critic_loss", "build_delimiter_table", "clipped_surrogate",
-    "clipped_value_loss", "clipping", "entropy_scale", "kl", "kl_penalty", "losses", "policy_loss", "presets",
-    "ratios", "safe_divide", "segment_entropy_stats", "segment_ids", "segments",
+    "advantages", "aggregate", "aggregation", "bce_critic_loss", "build_delimiter_table", "cispo", "clipped_surrogate",
+    "clipped_value_loss", "clipping", "covariance", "entropy_mask", "entropy_scale", "gmpo", "kl", "kl_penalty",
+    "losses", "objectives", "policy_loss", "presets", "ratios", "safe_divide", "segment_entropy_stats", "segment_ids",
+    "segments",
 ]

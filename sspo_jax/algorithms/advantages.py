@@ -8,10 +8,13 @@ advantages (PITFALLS.md 7).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
+
+from sspo_jax.algorithms.config import AlgorithmConfig
 
 Array = jax.Array
 
@@ -179,3 +182,72 @@ def sequence_baseline(rewards: Array, critic_logit: Array) -> Array:
       float32 [B] advantages; broadcast them to every response token of the row.
     """
     return rewards.astype(jnp.float32) - jax.nn.sigmoid(jax.lax.stop_gradient(critic_logit).astype(jnp.float32))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class AdvantageResult:
+    """What every estimator returns, in one shape.
+
+    Attributes:
+      advantages: fp32 [N, T] per-token advantages (sequence advantages broadcast over the row;
+        only response positions are used).
+      returns: fp32 [N, T] value targets (GAE's A + V on response tokens; zeros for the other
+        estimators).
+      metrics: float32 [] diagnostics: ``zero_variance_group_frac`` (group estimators),
+        ``value_mean`` (GAE: the critic's mean value over response tokens) or
+        ``critic_value_mean`` (sequence baseline: mean of sigmoid(z(x))).
+    """
+
+    advantages: Array
+    returns: Array
+    metrics: dict
+
+
+def estimate_advantages(cfg: AlgorithmConfig, rewards: Array, response_mask: Array, *,
+                        values: Optional[Array] = None, prompt_logits: Optional[Array] = None) -> AdvantageResult:
+    """The advantage estimator ``cfg.advantage`` (ALGORITHMS.md 5) behind one entry point.
+
+    ``group_zscore``: A_i = (R_i - mean_G R) / (std_G R + cfg.adv_eps); ``group_mean``: R_i - mean_G R;
+    ``rloo``: R_i minus the mean of the other G - 1; ``gae``: reverse scan over response tokens with
+    the outcome reward on the last valid token (``cfg.gae_gamma``, ``cfg.gae_lambda``), whitened
+    over valid tokens when ``cfg.whiten_advantages``; ``sequence_baseline``: A = R - sigmoid(z(x)).
+    All-equal groups get exactly 0. Pure and jit-able; no gradient flows (inputs are rollout data).
+
+    Args:
+      cfg: the algorithm (its ``advantage``, ``group_size`` and estimator settings).
+      rewards: float [N] total rewards, the G responses of a prompt in consecutive rows.
+      response_mask: bool or 0/1 [N, T], 1 on trained response tokens.
+      values: fp32 [N, T] token values of the critic at rollout time (``gae`` only).
+      prompt_logits: fp32 [N] prompt critic logits z(x) (``sequence_baseline`` only).
+    Returns:
+      `AdvantageResult` with advantages and returns fp32 [N, T] and the estimator's metrics.
+    Raises:
+      ValueError: the estimator's input is missing, or N does not split into whole groups.
+    """
+    mask = response_mask.astype(bool)
+    n, t = mask.shape
+    zeros = jnp.zeros((n, t), jnp.float32)
+    broadcast = lambda a: jnp.broadcast_to(a.astype(jnp.float32)[:, None], (n, t))  # noqa: E731
+    kind = cfg.advantage
+    if kind == "group_zscore":
+        a, zero_frac = group_zscore(rewards, cfg.group_size, eps=cfg.adv_eps)
+        return AdvantageResult(broadcast(a), zeros, {"zero_variance_group_frac": zero_frac})
+    if kind in ("group_mean", "rloo"):
+        a = (group_mean if kind == "group_mean" else rloo)(rewards, cfg.group_size)
+        zero_frac = jnp.mean(_all_equal(_groups(rewards, cfg.group_size)).astype(jnp.float32))
+        return AdvantageResult(broadcast(a), zeros, {"zero_variance_group_frac": zero_frac})
+    if kind == "gae":
+        if values is None:
+            raise ValueError("advantage='gae' needs the critic's token values [N, T] (values=...)")
+        a, returns = gae(outcome_token_rewards(rewards, mask), values, mask, gamma=cfg.gae_gamma, lam=cfg.gae_lambda)
+        a = whiten(a, mask) if cfg.whiten_advantages else a
+        value_mean = jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+        return AdvantageResult(a.astype(jnp.float32), returns.astype(jnp.float32), {"value_mean": value_mean})
+    if kind == "sequence_baseline":
+        if prompt_logits is None:
+            raise ValueError("advantage='sequence_baseline' needs the prompt critic's logits [N] (prompt_logits=...)")
+        a = sequence_baseline(rewards, prompt_logits)
+        return AdvantageResult(broadcast(a), zeros,
+                               {"critic_value_mean": jnp.mean(jax.nn.sigmoid(prompt_logits.astype(jnp.float32)))})
+    raise ValueError(f"unknown advantage estimator {kind!r}")

@@ -20,7 +20,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from sspo_jax.algorithms import aggregation, clipping, kl, ratios, segments
+from sspo_jax.algorithms import aggregation, clipping, entropy_mask, kl, objectives, ratios, segments
 from sspo_jax.algorithms.config import AlgorithmConfig
 
 Array = jax.Array
@@ -41,8 +41,10 @@ class LossOutput:
         ``clip_frac_high``, ``clip_frac_dual``, ``ratio_mean``, ``approx_kl`` (k3 to the old
         policy), ``g_mean``, ``kl`` with KL, ``entropy`` when entropy is given), fractions of
         segments (``seg_clip_frac_low/high``), ``escape_frac`` (tokens whose own ratio is past
-        the bound for their advantage's sign while their unit's ratio is not clipped; 0 at token
-        granularity), extremes (``ratio_min/max``, ``g_min/max``),
+        the bound for their advantage's sign while neither their unit's ratio is clipped nor the
+        token guard stops them; 0 at token granularity), ``guard_frac_low/high`` and
+        ``guard_frac`` (tokens the token guard stops that the unit clip did not; 0 without
+        ``token_guard``), extremes (``ratio_min/max``, ``g_min/max``),
         segment statistics (``segments_per_response``, ``mean_segment_length``) and the
         configured (unscaled) ``eps_low``, ``eps_high``.
       num_tokens: float32 [], valid tokens of this batch: the weight for merging `metrics`
@@ -84,7 +86,8 @@ def _segment_fraction(flag: Array, valid: Array, seg_ids: Array) -> Array:
 def policy_loss(cfg: AlgorithmConfig, logp: Array, old_logp: Array, advantages: Array,
                 response_mask: Array, *, segment_ids: Optional[Array] = None,
                 entropy: Optional[Array] = None, ref_logp: Optional[Array] = None,
-                entropy_stats: Optional[clipping.EntropyStats] = None) -> LossOutput:
+                entropy_stats: Optional[clipping.EntropyStats] = None, rng: Optional[Array] = None,
+                entropy_threshold: Optional[Array] = None) -> LossOutput:
     """The clipped policy-gradient loss of any preset, as a (sum, denominator) pair.
 
     Per valid token t of unit k(t) (ALGORITHMS.md 1d):
@@ -96,6 +99,15 @@ def policy_loss(cfg: AlgorithmConfig, logp: Array, old_logp: Array, advantages: 
     ``L_k`` = the clamped mean token log-ratio of the unit, ``g`` = `clipping.entropy_scale`
     (1 when ``entropy_alpha == 0``), ``KL_t`` = ``cfg.kl_estimator`` between `logp` and
     `ref_logp`; then aggregated per ``cfg.loss_agg_mode`` (`aggregation.aggregate`).
+    With ``cfg.entropy_scale_low`` off the lower bound uses ``min(g_k, 1)`` (`clipping.bound_scales`).
+    With ``cfg.token_guard`` (dual-level clipping), a token whose own ratio ``w_t`` is past its
+    own bound (``A_t > 0 and w_t > 1 + e_hi_tok`` or ``A_t < 0 and w_t < 1 - e_lo_tok``,
+    `clipping.token_guard`; by default ``e_tok`` = the unit's bounds) keeps the value of its first
+    term with its gradient stopped.
+    ``cfg.policy_loss_kind`` other than ``ppo_clip`` replaces the first term by that method's
+    (`objectives.alternative_surrogate`: GMPO, CISPO, Clip-Cov, KL-Cov); with
+    ``cfg.entropy_mask_percentile`` the policy term is kept only where ``H_t >= tau``
+    (`entropy_mask`); the KL term is never masked.
 
     Args:
       cfg: the algorithm (static; hashable frozen dataclass).
@@ -104,18 +116,24 @@ def policy_loss(cfg: AlgorithmConfig, logp: Array, old_logp: Array, advantages: 
       old_logp: float [B, T] log-probs under the behaviour policy (stop-gradient).
       advantages: float [B] (one per response) or [B, T] (per token).
       response_mask: bool or 0/1 [B, T], 1 on trained response tokens (EOS included).
-      segment_ids: int [B, T] from `segments.segment_ids` (-1 on padding); may be omitted when
-        ``cfg.segmentation.granularity`` is ``token`` or ``sequence``.
-      entropy: float [B, T] old-policy entropies; required when ``cfg.entropy_alpha > 0``.
+      segment_ids: int [B, T] from `segments.segment_ids` (-1 on padding); used only when
+        ``cfg.segmentation.granularity`` is ``subsentence``: for ``token`` and ``sequence`` the
+        ids are always derived from `response_mask` (whatever is passed), so ids of another
+        granularity can never silently change the algorithm.
+      entropy: float [B, T] old-policy entropies; required when ``cfg.uses_entropy``.
       ref_logp: float [B, T] reference log-probs; required when ``cfg.kl_beta > 0``.
       entropy_stats: `EntropyStats` of the global batch (exact entropy normalisation under
         micro-batching); None normalises over this batch.
+      rng: a `jax.random` key; required when ``cfg.uses_rng`` (Clip-Cov), ignored otherwise.
+      entropy_threshold: float32 [] ``tau`` of the global batch from
+        `entropy_mask.entropy_threshold` (exact under micro-batching); None computes it from
+        this batch. Used only with ``cfg.entropy_mask_percentile``.
     Returns:
       `LossOutput` with float32 [] fields.
     Raises:
       ValueError: `logp`/`old_logp`/`advantages` have the wrong shape; `entropy` is missing with
-        ``entropy_alpha > 0`` or `ref_logp` with ``kl_beta > 0``; `segment_ids` is missing with
-        ``granularity="subsentence"``.
+        ``cfg.uses_entropy`` or `ref_logp` with ``kl_beta > 0`` or `rng` with ``cfg.uses_rng``;
+        `segment_ids` is missing with ``granularity="subsentence"``.
     """
     valid = response_mask.astype(bool)
     b, t = valid.shape
@@ -128,12 +146,11 @@ def policy_loss(cfg: AlgorithmConfig, logp: Array, old_logp: Array, advantages: 
         advantages = jnp.broadcast_to(advantages[:, None], (b, t))
     elif advantages.shape != (b, t):
         raise ValueError(f"advantages has shape {advantages.shape}, expected ({b},) or {(b, t)}")
-    if segment_ids is None:
+    if segment_ids is None or cfg.segmentation.granularity in ("token", "sequence"):
         segment_ids = segments.units_from_mask(valid, cfg.segmentation.granularity)
     old_logp = jax.lax.stop_gradient(old_logp)
 
     unit_lr = ratios.segment_log_ratio(logp, old_logp, valid, segment_ids, cfg.log_ratio_clamp)
-    log_rho = ratios.per_token_log_ratio(unit_lr, logp, valid, cfg.ratio_form)
 
     if cfg.entropy_alpha > 0:
         if entropy is None:
@@ -142,10 +159,38 @@ def policy_loss(cfg: AlgorithmConfig, logp: Array, old_logp: Array, advantages: 
         g = clipping.entropy_scale(cfg, entropy, valid, segment_ids, entropy_stats)
     else:
         g = jnp.ones((b, t), jnp.float32)
-    sur = clipping.clipped_surrogate(log_rho, advantages, valid, cfg.eps_low * g, cfg.eps_high * g, cfg.dual_clip)
+    metrics: dict[str, Array] = {}
+    if cfg.policy_loss_kind == "ppo_clip":
+        log_rho = ratios.per_token_log_ratio(unit_lr, logp, valid, cfg.ratio_form, cfg.log_ratio_clamp)
+        g_lo, g_hi = clipping.bound_scales(cfg, g)
+        sur = clipping.clipped_surrogate(log_rho, advantages, valid, cfg.eps_low * g_lo, cfg.eps_high * g_hi,
+                                         cfg.dual_clip)
+    else:
+        g_lo = g_hi = g
+        log_rho, sur, extra = objectives.alternative_surrogate(cfg, logp, old_logp, advantages, valid, segment_ids,
+                                                               unit_lr, g, rng)
+        metrics.update(extra)
 
     per_token = sur.loss
-    metrics: dict[str, Array] = {}
+    guard_low = guard_high = jnp.zeros_like(valid)
+    if cfg.token_guard:  # dual-level clipping: stop tokens that left their own trust region
+        tok_lr = jnp.clip(ratios.token_log_ratio(logp, old_logp, valid), -cfg.log_ratio_clamp, cfg.log_ratio_clamp)
+        guard_low, guard_high = clipping.token_guard(
+            tok_lr, advantages, valid,
+            cfg.eps_low * g_lo if cfg.token_guard_eps_low is None else cfg.token_guard_eps_low,
+            cfg.eps_high * g_hi if cfg.token_guard_eps_high is None else cfg.token_guard_eps_high)
+        already = sur.clipped_low | sur.clipped_high | sur.dual_clipped
+        guard_low, guard_high = guard_low & ~already, guard_high & ~already
+        per_token = jnp.where(guard_low | guard_high, jax.lax.stop_gradient(per_token), per_token)
+    if cfg.entropy_mask_percentile is not None:
+        if entropy is None:
+            raise ValueError(f"preset {cfg.name!r} has entropy_mask_percentile={cfg.entropy_mask_percentile} and "
+                             "needs the old policy's per-token entropy: pass entropy=[B, T]")
+        tau = (entropy_mask.entropy_threshold(entropy, valid, cfg.entropy_mask_percentile)
+               if entropy_threshold is None else jnp.asarray(entropy_threshold, jnp.float32))
+        keep = entropy_mask.high_entropy_mask(entropy, valid, tau)
+        per_token = jnp.where(keep, per_token, 0.0)
+        metrics["entropy_mask_frac"] = _masked_mean(keep, valid)
     if cfg.kl_beta > 0:
         if ref_logp is None:
             raise ValueError(f"preset {cfg.name!r} has kl_beta={cfg.kl_beta} > 0 and needs ref_logp=[B, T] "
@@ -164,9 +209,9 @@ def policy_loss(cfg: AlgorithmConfig, logp: Array, old_logp: Array, advantages: 
     # Tokens whose own ratio is past the bound the clip enforces for their advantage's sign while
     # their unit's ratio is not clipped: what a segment or sequence mean lets through.
     token_rho = jnp.exp(jnp.clip(lp_sg - jnp.where(valid, old_logp, 0.0), -cfg.log_ratio_clamp, cfg.log_ratio_clamp))
-    past = (((advantages > 0) & (token_rho > 1.0 + cfg.eps_high * g))
-            | ((advantages < 0) & (token_rho < 1.0 - cfg.eps_low * g)))
-    escaped = past & ~(sur.clipped_low | sur.clipped_high)
+    past = (((advantages > 0) & (token_rho > 1.0 + cfg.eps_high * g_hi))
+            | ((advantages < 0) & (token_rho < 1.0 - cfg.eps_low * g_lo)))
+    escaped = past & ~(sur.clipped_low | sur.clipped_high | guard_low | guard_high)
     metrics.update({
         "clip_frac_low": _masked_mean(sur.clipped_low, valid),
         "clip_frac_high": _masked_mean(sur.clipped_high, valid),
@@ -174,6 +219,9 @@ def policy_loss(cfg: AlgorithmConfig, logp: Array, old_logp: Array, advantages: 
         "seg_clip_frac_low": _segment_fraction(sur.clipped_low, valid, segment_ids),
         "seg_clip_frac_high": _segment_fraction(sur.clipped_high, valid, segment_ids),
         "escape_frac": _masked_mean(escaped, valid),
+        "guard_frac_low": _masked_mean(guard_low, valid),
+        "guard_frac_high": _masked_mean(guard_high, valid),
+        "guard_frac": _masked_mean(guard_low | guard_high, valid),
         "ratio_mean": _masked_mean(rho, valid),
         "ratio_min": _masked_min(rho, valid, 1.0),
         "ratio_max": _masked_max(rho, valid, 1.0),

@@ -12,6 +12,16 @@ gspo_token  arXiv 2507.18071               as gspo in the stop-gradient per-toke
 sspo        arXiv 2511.04256               subsentence ratio (sg form), eps 0.2/0.28, entropy-scaled bounds
 ppo         arXiv 1707.06347               token ratio, dual clip 3, token critic with GAE, G = 1
 sppo        arXiv 2604.08865               token ratio, dual clip 3, prompt critic, A = R - V(x), G = 1
+gmpo        arXiv 2507.20673               geometric mean per response of token ratios clipped in log
+                                           space to (-0.4, 0.4) by the sign of A, seq-mean-token-mean
+cispo       MiniMax-M1, arXiv 2506.13585   -sg(clip(w, 0, 1 + 5)) * A * logp per token (no token
+                                           dropped; eps_high 5 [project choice]), token-mean, no KL
+clip_cov    arXiv 2505.22617               token clip 0.2, loss 0 on a random 2e-4 of tokens with
+                                           covariance in (1, 5) (needs rng), token-mean
+kl_cov      arXiv 2505.22617               -A * r plus |logp - old_logp| on the top 2e-3 tokens by
+                                           covariance (no clip), token-mean
+top_entropy arXiv 2506.01939               DAPO with the policy gradient only on tokens at or above
+                                           the 80th entropy percentile of the batch
 =========== ============================== =====================================================
 
 ``get(name, **overrides)`` returns the preset with validated overrides.
@@ -54,6 +64,30 @@ PRESETS: dict[str, AlgorithmConfig] = {
     "sppo": AlgorithmConfig(
         name="sppo", eps_low=0.2, eps_high=0.2, dual_clip=3.0, segmentation=_TOKEN, loss_agg_mode="token-mean",
         advantage="sequence_baseline", critic="prompt", group_size=1),
+    # GMPO: eps_low/eps_high are log-space bounds here (ratios in (e^-0.4, e^0.4)); one geometric
+    # mean per response (the paper), gradient through it (broadcast).
+    "gmpo": AlgorithmConfig(
+        name="gmpo", policy_loss_kind="gmpo", eps_low=0.4, eps_high=0.4, segmentation=_SEQUENCE,
+        ratio_form="broadcast", loss_agg_mode="seq-mean-token-mean", advantage="group_zscore", group_size=8),
+    # CISPO: no lower bound on the weight (the paper); the paper tunes only eps_high and does not
+    # publish it: 5.0 as TRL/ScaleRL recommend [project choice].
+    "cispo": AlgorithmConfig(
+        name="cispo", policy_loss_kind="cispo", eps_low=1.0, eps_high=5.0, segmentation=_TOKEN,
+        loss_agg_mode="token-mean", advantage="group_zscore", group_size=8),
+    # Clip-Cov / KL-Cov: the paper's r = 2e-4, band (1, 5); k = 2e-3 (Qwen2.5-7B), coef 1; the token
+    # clip of verl's default actor (0.2; the paper's scripts widen it for Clip-Cov).
+    "clip_cov": AlgorithmConfig(
+        name="clip_cov", policy_loss_kind="clip_cov", eps_low=0.2, eps_high=0.2, segmentation=_TOKEN,
+        cov_clip_frac=2e-4, cov_clip_low=1.0, cov_clip_high=5.0, loss_agg_mode="token-mean",
+        advantage="group_zscore", group_size=8),
+    "kl_cov": AlgorithmConfig(
+        name="kl_cov", policy_loss_kind="kl_cov", segmentation=_TOKEN, kl_cov_frac=2e-3, kl_cov_coef=1.0,
+        loss_agg_mode="token-mean", advantage="group_zscore", group_size=8),
+    # 80/20: the paper trains DAPO (clip-higher, token-mean, dynamic sampling, overlong shaping, no KL).
+    "top_entropy": AlgorithmConfig(
+        name="top_entropy", eps_low=0.2, eps_high=0.28, segmentation=_TOKEN, loss_agg_mode="token-mean",
+        entropy_mask_percentile=80.0, advantage="group_zscore", group_size=8, dynamic_sampling=True,
+        max_sampling_rounds=3, overlong_buffer_frac=0.2, overlong_penalty_factor=1.0),
 }
 
 _FIELDS = {f.name for f in dataclasses.fields(AlgorithmConfig)}

@@ -9,6 +9,8 @@ its ratio ``exp(L_k)`` is the geometric mean of the token ratios. Means are comp
 
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 
@@ -86,19 +88,27 @@ def sequence_log_ratio(logp: Array, old_logp: Array, response_mask: Array, clamp
     return jnp.clip(mean, -clamp, clamp)
 
 
-def per_token_log_ratio(unit_log_ratio: Array, logp: Array, response_mask: Array, form: str) -> Array:
+def per_token_log_ratio(unit_log_ratio: Array, logp: Array, response_mask: Array, form: str,
+                        clamp: Optional[float] = 20.0) -> Array:
     """The log of the ratio applied at each token, from the unit log-ratio ``L_{k(t)}``.
 
-    ``form='sg'`` (GSPO-token form): ``sg[L] + logp - sg[logp]``: value L, gradient d logp_t
-    for token t alone, so per-token advantages are allowed. ``form='broadcast'``: ``L`` itself,
-    the gradient spread over the unit through the mean. Both equal in value; in gradient too when
-    the advantage is constant inside each unit.
+    ``form='sg'`` (GSPO-token form): ``sg[L] + [|L| < clamp] * (logp - sg[logp])``: value L,
+    gradient d logp_t for token t alone, so per-token advantages are allowed; a unit at the clamp
+    passes no gradient (as verl: its clamp acts on the value the gradient flows through), instead
+    of a gradient scaled by ``exp(clamp)``. ``form='broadcast'``: ``L`` itself, the gradient spread
+    over the unit through the mean (0 past the clamp, where `segment_log_ratio` clips the mean).
+
+    The forms are always equal in value. They are equal in gradient exactly when the advantage is
+    constant inside each unit (the aggregation weights of every mode are constant within a
+    response): then for ``|L_raw| < clamp`` both chain rules give the same sum, and for
+    ``|L_raw| > clamp`` both give 0. With advantages varying inside a unit they differ.
 
     Args:
-      unit_log_ratio: float32 [B, T] ``L_{k(t)}``, e.g. from `segment_log_ratio`.
+      unit_log_ratio: float32 [B, T] ``L_{k(t)}``, e.g. from `segment_log_ratio` (already clamped).
       logp: float [B, T] current log-probs (gradient flows; any value on padding).
       response_mask: bool or 0/1 [B, T].
       form: ``sg`` or ``broadcast``.
+      clamp: the clamp `unit_log_ratio` was computed with; None never stops the sg gradient.
     Returns:
       float32 [B, T] log rho_t; on padding, `unit_log_ratio`'s value (0 from `segment_log_ratio`).
     Raises:
@@ -109,4 +119,7 @@ def per_token_log_ratio(unit_log_ratio: Array, logp: Array, response_mask: Array
     if form != "sg":
         raise ValueError(f"ratio_form={form!r} is not one of ['sg', 'broadcast']")
     lp = jnp.where(response_mask.astype(bool), logp.astype(jnp.float32), 0.0)
-    return jax.lax.stop_gradient(unit_log_ratio) + lp - jax.lax.stop_gradient(lp)
+    step = lp - jax.lax.stop_gradient(lp)
+    if clamp is not None:
+        step = jnp.where(jnp.abs(jax.lax.stop_gradient(unit_log_ratio)) < clamp, step, 0.0)
+    return jax.lax.stop_gradient(unit_log_ratio) + step

@@ -2,12 +2,16 @@
 
 Two steps:
 
-1. Once per tokenizer, on the host: `build_delimiter_table` decodes every vocabulary id and
-   records which tokens are delimiters (their text contains one of the configured characters),
-   which are bare decimal separators (``.`` or ``,``) and which start or end with a digit.
+1. Once per tokenizer, on the host: `build_delimiter_table` (`delimiters.py`) decodes every
+   vocabulary id and records per id which tokens are delimiters (their text contains one of the configured
+   characters, by default only at a word boundary: not ``.get`` or ``.com``), which are bare
+   decimal separators (``.`` or ``,``), which start or end with a digit, which are special (EOS),
+   and the text features of the optional rules (list markers, abbreviations, inline math).
 2. Per rollout, on device and inside jit: `segment_ids` turns token rows and the response mask
    into per-token segment ids with cumulative sums of segment-start flags. A delimiter closes
-   its segment; the next valid token opens a new one. Padding gets id -1.
+   its segment; the next valid token opens a new one, unless it is a special token (EOS joins
+   the last segment). Rules that need state across tokens (a list marker's line start, the
+   inside of ``$...$``) are cumulative sums and maxima over the row. Padding gets id -1.
 
 Segment ids are local to each row (0, 1, 2, ...); `flat_segment_index` maps them to one index
 space of static size ``B * T + 1`` for `jax.ops.segment_sum` (the extra slot collects padding).
@@ -15,111 +19,18 @@ space of static size ``B * T + 1`` for `jax.ops.segment_sum` (the extra slot col
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Union
+from typing import Union
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from sspo_jax.algorithms.config import SegmentationConfig
+from sspo_jax.algorithms.delimiters import DelimiterTable, build_delimiter_table
+
+__all__ = ["DelimiterTable", "build_delimiter_table", "flat_segment_index", "segment_ids", "segment_stats",
+           "units_from_mask"]
 
 Array = jax.Array
-_DIGITS = "0123456789"
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class DelimiterTable:
-    """Per-vocabulary-id boolean tables, each of shape [V].
-
-    Attributes:
-      is_delim: the token's decoded text contains a delimiter character.
-      is_decimal_sep: the token's text is exactly ``.`` or ``,`` (candidate decimal separator).
-      ends_with_digit: the token's text ends with an ASCII digit.
-      starts_with_digit: the token's text starts with an ASCII digit.
-    """
-
-    is_delim: Array
-    is_decimal_sep: Array
-    ends_with_digit: Array
-    starts_with_digit: Array
-
-    @property
-    def vocab_size(self) -> int:
-        """V, the number of ids the table covers."""
-        return int(self.is_delim.shape[0])
-
-    @classmethod
-    def from_token_texts(cls, texts: list[str], cfg: SegmentationConfig,
-                         special: frozenset[int] = frozenset()) -> "DelimiterTable":
-        """Builds the table from the decoded text of each vocabulary id.
-
-        Args:
-          texts: V strings, ``texts[i]`` the decoded text of id i.
-          cfg: uses ``cfg.active_delimiters``.
-          special: ids that are never delimiters nor digits (special tokens such as EOS); empty
-            texts are neither.
-        Returns:
-          A `DelimiterTable` of bool [V] arrays.
-        """
-        delims = set(cfg.active_delimiters)
-        n = len(texts)
-        is_delim = np.zeros(n, bool)
-        is_sep = np.zeros(n, bool)
-        ends = np.zeros(n, bool)
-        starts = np.zeros(n, bool)
-        for i, text in enumerate(texts):
-            if i in special or not text:
-                continue
-            is_delim[i] = any(ch in delims for ch in text)
-            is_sep[i] = text in (".", ",")
-            ends[i] = text[-1] in _DIGITS
-            starts[i] = text[0] in _DIGITS
-        return cls(jnp.asarray(is_delim), jnp.asarray(is_sep), jnp.asarray(ends), jnp.asarray(starts))
-
-
-def _tokenizer_texts(tokenizer: Any) -> tuple[list[str], frozenset[int]]:
-    """Decoded text of every id of a Hugging Face tokenizer (transformers or `tokenizers`)."""
-    if hasattr(tokenizer, "get_vocab_size"):  # tokenizers.Tokenizer
-        n = tokenizer.get_vocab_size(with_added_tokens=True)
-        special: frozenset[int] = frozenset()
-        decode = lambda i: tokenizer.decode([i], skip_special_tokens=False)  # noqa: E731
-    elif hasattr(tokenizer, "decode") and hasattr(tokenizer, "__len__"):  # transformers tokenizer
-        n = len(tokenizer)
-        special = frozenset(getattr(tokenizer, "all_special_ids", []) or [])
-        decode = lambda i: tokenizer.decode([i], skip_special_tokens=False,  # noqa: E731
-                                            clean_up_tokenization_spaces=False)
-    else:
-        raise TypeError(
-            f"build_delimiter_table needs a Hugging Face tokenizer (transformers or tokenizers), got {type(tokenizer).__name__}")
-    return [decode(i) for i in range(n)], special
-
-
-def build_delimiter_table(tokenizer: Any, cfg: SegmentationConfig = SegmentationConfig(),
-                          vocab_size: int | None = None) -> DelimiterTable:
-    """Builds the `DelimiterTable` of a Hugging Face tokenizer by decoding each id once.
-
-    Args:
-      tokenizer: a `transformers` tokenizer or a `tokenizers.Tokenizer`.
-      cfg: segmentation settings (delimiter characters, sentence-only set).
-      vocab_size: the model's vocabulary size when it is larger than the tokenizer's (Qwen pads
-        its embedding matrix); extra ids are never delimiters. Must not be smaller.
-    Returns:
-      A `DelimiterTable` of shape [vocab_size or len(tokenizer)]; special tokens are never
-      delimiters.
-    Raises:
-      TypeError: `tokenizer` is not a Hugging Face tokenizer.
-      ValueError: `vocab_size` is smaller than the tokenizer's number of ids.
-    """
-    texts, special = _tokenizer_texts(tokenizer)
-    if vocab_size is not None:
-        if vocab_size < len(texts):
-            raise ValueError(
-                f"vocab_size={vocab_size} is smaller than the tokenizer's {len(texts)} ids: the tokenizer "
-                "does not fit the model; use the tokenizer that belongs to the checkpoint")
-        texts = texts + [""] * (vocab_size - len(texts))
-    return DelimiterTable.from_token_texts(texts, cfg, special)
 
 
 def _lookup(table: Array, tokens: Array) -> Array:
@@ -172,13 +83,84 @@ def _apply_max_length(start: Array, valid: Array, max_len: int) -> Array:
     return start | split
 
 
+def _need(table: DelimiterTable, names: tuple[str, ...], rule: str) -> tuple[Array, ...]:
+    missing = [n for n in names if getattr(table, n) is None]
+    if missing:
+        raise ValueError(
+            f"segmentation.{rule} needs the table's text features {missing}; this DelimiterTable has only the "
+            "four basic arrays: build it with build_delimiter_table(tokenizer, cfg) or DelimiterTable.from_token_texts")
+    return tuple(getattr(table, n) for n in names)
+
+
+def _gather_row(x: Array, idx: Array) -> Array:
+    """x[b, idx[b, t]] for int idx in [0, T)."""
+    return jnp.take_along_axis(x, jnp.clip(idx, 0, x.shape[1] - 1), axis=1)
+
+
+def _list_markers(tokens: Array, valid: Array, table: DelimiterTable) -> Array:
+    """A bare ``.``/``)`` right after a digit token, where the run of digit and blank tokens
+    before it starts a line (or the response), and before a token that starts with a space: the
+    ``1.`` of a numbered list (``\\n  12. Item``)."""
+    digits, blank, punct, line_start, space = _need(
+        table, ("is_digits", "is_blank", "is_marker_punct", "is_line_start", "starts_with_space"),
+        "protect_list_markers")
+    t = tokens.shape[1]
+    pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), tokens.shape)
+    is_digit = _lookup(digits, tokens) & valid
+    in_run = is_digit | (_lookup(blank, tokens) & valid)
+    last_non_run = jax.lax.cummax(jnp.where(in_run, -1, pos), axis=1)  # at t: last p <= t outside a run
+    before_run = _shift_right(last_non_run, -1)  # the token before the run that ends at t - 1
+    opener_ok = (before_run < 0) | ~_gather_row(valid, before_run) \
+        | _gather_row(_lookup(line_start, tokens), before_run)
+    next_space = _shift_left(valid, False) & _lookup(space, _shift_left(tokens, 0))
+    return _lookup(punct, tokens) & valid & _shift_right(is_digit, False) & opener_ok & next_space
+
+
+def _abbreviation_ends(tokens: Array, valid: Array, table: DelimiterTable) -> Array:
+    """A bare ``.`` right after the last piece of a configured abbreviation (``e`` ``.g`` ``.``)."""
+    period, stem = _need(table, ("is_period", "is_abbrev_stem"), "abbreviations")
+    prev_stem = _shift_right(valid, False) & _lookup(stem, _shift_right(tokens, 0))
+    return _lookup(period, tokens) & valid & prev_stem
+
+
+def _inside_math(tokens: Array, valid: Array, table: DelimiterTable) -> Array:
+    """Tokens at which inline math is open both before and after: the parity of ``$`` runs, or a
+    positive depth of ``\\(`` minus ``\\)`` (also split as ``\\`` + ``(...``), counted from the
+    last newline token or masked position (which reset the state to closed)."""
+    nl, dollar, opens, closes, bs, lpar, rpar = _need(
+        table, ("has_newline", "dollar_toggle", "math_opens", "math_closes", "ends_with_backslash",
+                "starts_with_lparen", "starts_with_rparen"), "protect_math")
+    t = tokens.shape[1]
+    pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), tokens.shape)
+    reset = ~valid | _lookup(nl, tokens)
+    live = ~reset
+    prev_bs = _shift_right(valid, False) & _lookup(bs, _shift_right(tokens, 0))
+    n_dollar = jnp.where(live & _lookup(dollar, tokens), 1, 0)
+    depth_step = jnp.where(live, jnp.take(opens, tokens, mode="fill", fill_value=0).astype(jnp.int32)
+                           + (prev_bs & _lookup(lpar, tokens)).astype(jnp.int32)
+                           - jnp.take(closes, tokens, mode="fill", fill_value=0).astype(jnp.int32)
+                           - (prev_bs & _lookup(rpar, tokens)).astype(jnp.int32), 0)
+    last_reset = jax.lax.cummax(jnp.where(reset, pos, -1), axis=1)
+
+    def since_reset(x):  # sum of x over (last reset, t]; a reset position itself contributes 0
+        c = jnp.cumsum(x, axis=1)
+        return c - jnp.where(last_reset >= 0, _gather_row(c, last_reset), 0)
+
+    open_after = (since_reset(n_dollar) % 2 == 1) | (since_reset(depth_step) > 0)
+    return valid & open_after & _shift_right(open_after, False)
+
+
 def segment_ids(tokens: Array, response_mask: Array, table: Union[DelimiterTable, Array],
                 cfg: SegmentationConfig = SegmentationConfig()) -> Array:
     """Per-token subsentence ids of each response row; jit- and vmap-safe [project choice].
 
-    A segment starts at a valid token that follows a delimiter (not a protected decimal
-    separator) or a masked position, so a delimiter is the last token of its segment, and
-    ``seg_id = cumsum(starts) - 1`` per row; then segments shorter than ``cfg.min_segment_len``
+    A delimiter token (``table.is_delim``) is a boundary unless a protection rule of `cfg`
+    applies: a decimal separator between digits (``protect_decimals``), a list marker
+    (``protect_list_markers``), the end of an abbreviation (``abbreviations``) or a position
+    inside inline math (``protect_math``). A segment starts at a valid token that follows a
+    boundary or a masked position, except that a special token (EOS) following a valid token
+    never starts one (``eos_joins_last``); so a delimiter is the last token of its segment, and
+    ``seg_id = cumsum(starts) - 1`` per row. Then segments shorter than ``cfg.min_segment_len``
     are merged and those longer than ``cfg.max_segment_len`` split. ``granularity="token"``
     gives ids 0, 1, 2, ... per valid token; ``"sequence"`` gives 0 on every valid token (the
     table is then unused).
@@ -187,11 +169,14 @@ def segment_ids(tokens: Array, response_mask: Array, table: Union[DelimiterTable
       tokens: int [B, T] token ids (prompt and response positions alike); ids outside the table
         are no delimiters.
       response_mask: bool or 0/1 [B, T], 1 on trained response tokens (EOS included).
-      table: a `DelimiterTable`, or a bool [V] delimiter array (then no decimal protection).
-      cfg: granularity, decimal protection and segment length limits (static).
+      table: a `DelimiterTable` (built with the same `cfg`), or a bool [V] delimiter array (then
+        no decimal protection and no special tokens).
+      cfg: granularity, protection rules and segment length limits (static).
     Returns:
       int32 [B, T]: 0, 1, 2, ... per row, non-decreasing over the row's valid tokens; -1 where
       `response_mask` is 0.
+    Raises:
+      ValueError: a rule of `cfg` needs text features that `table` lacks.
     """
     valid = response_mask.astype(bool)
     if cfg.granularity == "token":
@@ -199,16 +184,28 @@ def segment_ids(tokens: Array, response_mask: Array, table: Union[DelimiterTable
     if cfg.granularity == "sequence":
         return jnp.where(valid, 0, -1).astype(jnp.int32)
 
+    special = None
     if isinstance(table, DelimiterTable):
         delim = _lookup(table.is_delim, tokens) & valid
         if cfg.protect_decimals:
             prev_ok = _shift_right(valid, False) & _lookup(table.ends_with_digit, _shift_right(tokens, 0))
             next_ok = _shift_left(valid, False) & _lookup(table.starts_with_digit, _shift_left(tokens, 0))
             delim = delim & ~(_lookup(table.is_decimal_sep, tokens) & prev_ok & next_ok)
+        if cfg.protect_list_markers:
+            delim = delim & ~_list_markers(tokens, valid, table)
+        if cfg.abbreviations:
+            delim = delim & ~_abbreviation_ends(tokens, valid, table)
+        if cfg.protect_math:
+            delim = delim & ~_inside_math(tokens, valid, table)
+        if table.is_special is not None:
+            special = _lookup(table.is_special, tokens) & valid
     else:
         delim = _lookup(jnp.asarray(table, bool), tokens) & valid
 
-    start = valid & (~_shift_right(valid, False) | _shift_right(delim, False))
+    prev_valid = _shift_right(valid, False)
+    start = valid & (~prev_valid | _shift_right(delim, False))
+    if cfg.eos_joins_last and special is not None:
+        start = start & ~(special & prev_valid)
     if cfg.min_segment_len > 1:
         start = _apply_min_length(start, valid, cfg.min_segment_len)
     if cfg.max_segment_len is not None:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from sspo_jax.data.records import DataError, PromptRecord
-from sspo_jax.rewards.extract import last_boxed
+from sspo_jax.rewards.extract import gold_answer
 
 AnswerFormat = Literal["raw", "gsm8k", "boxed"]
 ANSWER_FORMATS = ("raw", "gsm8k", "boxed")
@@ -39,19 +39,14 @@ def _field_text(where: str, row: dict[str, Any], field: str, role: str, setting:
 
 
 def _answer(where: str, text: str, answer_format: str, field: str) -> str:
-    if answer_format == "gsm8k":
-        if "####" not in text:
-            raise DataError(f"{where}: answer field {field!r} has no '####' marker (data.answer_format="
-                            "'gsm8k' expects '... #### 18'); use answer_format='raw' for bare answers")
-        text = text.rsplit("####", 1)[1].strip()
-    elif answer_format == "boxed":
-        boxed = last_boxed(text)
-        if boxed is None:
-            raise DataError(f"{where}: answer field {field!r} has no \\boxed{{...}} (data.answer_format="
-                            "'boxed'); use answer_format='raw' for bare answers")
-        text = boxed.strip()
-    else:
-        text = text.strip()
+    parsed = gold_answer(text, answer_format)
+    if parsed is None and answer_format == "gsm8k":
+        raise DataError(f"{where}: answer field {field!r} has no '####' marker (data.answer_format="
+                        "'gsm8k' expects '... #### 18'); use answer_format='raw' for bare answers")
+    if parsed is None:
+        raise DataError(f"{where}: answer field {field!r} has no \\boxed{{...}} (data.answer_format="
+                        "'boxed'); use answer_format='raw' for bare answers")
+    text = parsed
     if not text:
         raise DataError(f"{where}: empty answer in field {field!r} after extraction ({answer_format})")
     return text

@@ -6,8 +6,7 @@ import dataclasses
 from typing import Any, Protocol, runtime_checkable
 
 
-class DataError(ValueError):
-    """Bad input data or data settings; the message names the file and line (or row) and the fix."""
+from sspo_jax.errors import DataError  # noqa: E402 - bad data: names the file and line and the fix
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,7 +1,7 @@
-"""Critic models over the Qwen2 backbone: a per-token value model (PPO) and a prompt critic (SPPO).
+"""Critics over the decoder backbone: a per-token value model (PPO) and a prompt critic (SPPO).
 
-Both are a `Qwen2Model` backbone (parameters at `model/...`, same paths as the policy, so the
-policy's sharding rules apply) plus a `ScalarHead` Linear(H, 1) at `value_head/...`, with fp32
+Both are a `DecoderModel` backbone of any family (Qwen2, Qwen3, Llama; parameters at `model/...`,
+the same paths as the policy, so the policy's sharding rules apply) plus a `ScalarHead` Linear(H, 1) at `value_head/...`, with fp32
 outputs. `from_policy_checkpoint` loads the backbone from a HF policy directory (its LM head is
 ignored) and initialises a fresh head: kernel ~ N(0, head_init_std^2) from the given seed, bias 0.
 
@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sspo_jax.models.config import Qwen2Config
-from sspo_jax.models.qwen2 import Qwen2Model
+from sspo_jax.models.config import DecoderConfig
+from sspo_jax.models.decoder import DecoderModel
 
 Array = jax.Array
 
@@ -45,10 +45,10 @@ class ScalarHead(nnx.Module):
 
 
 class _Critic(nnx.Module):
-    def __init__(self, config: Qwen2Config, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
+    def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
                  compute_dtype=None, remat: bool = False, head_init_std: float = 1e-3):
         self.config = config
-        self.model = Qwen2Model(config, rngs=rngs, param_dtype=param_dtype,
+        self.model = DecoderModel(config, rngs=rngs, param_dtype=param_dtype,
                                 compute_dtype=compute_dtype, remat=remat)
         self.value_head = ScalarHead(config.hidden_size, rngs=rngs, init_std=head_init_std,
                                      param_dtype=param_dtype)
@@ -58,14 +58,14 @@ class _Critic(nnx.Module):
                                dtype=jnp.float32, compute_dtype=None, mesh=None,
                                sharding_for=None, remat: bool = False,
                                head_init_std: float = 1e-3):
-        """Backbone from a HF Qwen2 policy directory, fresh head from `seed`.
+        """Backbone from a HF Qwen2 / Qwen3 / Llama policy directory, fresh head from `seed`.
 
         Arguments as in `sspo_jax.models.from_pretrained`; `head_init_std` scales the head
         kernel. The checkpoint's `lm_head.weight`, if any, is ignored.
         """
         from sspo_jax.models import hf_io
 
-        cfg = Qwen2Config.from_pretrained_dir(path)
+        cfg = DecoderConfig.from_pretrained_dir(path)
         critic = nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0), param_dtype=dtype,
                                             compute_dtype=compute_dtype, remat=remat,
                                             head_init_std=head_init_std))

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoint I/O for the Flax Qwen2 model, without torch.
+"""Hugging Face checkpoint I/O for the Flax Qwen2, Qwen3 and Llama models, without torch.
 
 Loading (`from_pretrained`, `load_into`) reads a local HF directory: `config.json` plus either
 `model.safetensors` or a sharded `model.safetensors.index.json`. Tensors are read one at a time
@@ -11,12 +11,13 @@ one stacked parameter plus one tensor beyond what the device holds.
 
 Every expected tensor is checked by name and shape before any data is read, and the errors name
 the problem: missing tensor(s), unexpected tensor(s), shape mismatch (name, expected, got),
-unsupported `model_type` (from `Qwen2Config`), unreadable file. Checkpoints with
+unsupported `model_type` (from `DecoderConfig`), unreadable file. Checkpoints with
 `tie_word_embeddings` normally have no `lm_head.weight`; when one is present anyway it is the
 same tensor as the embedding and is skipped. Stale `rotary_emb.inv_freq` buffers are skipped.
 
 Export (`save_pretrained`) writes `config.json` and `model.safetensors` (or shards plus an index)
-that `transformers.AutoModelForCausalLM.from_pretrained` loads; tied models get no lm_head
+that `transformers.AutoModelForCausalLM.from_pretrained` loads as the config's family
+(`Qwen2ForCausalLM`, `Qwen3ForCausalLM`, `LlamaForCausalLM`); tied models get no lm_head
 tensor. Arrays are gathered with `jax.device_get`, so export runs on a single host.
 """
 
@@ -36,8 +37,8 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from sspo_jax.models.config import Qwen2Config
-from sspo_jax.models.qwen2 import Qwen2ForCausalLM
+from sspo_jax.models.config import DecoderConfig
+from sspo_jax.models.decoder import DecoderForCausalLM
 
 ParamPath = tuple[str, ...]
 ShardingFn = Callable[[ParamPath, tuple[int, ...]], "jax.sharding.Sharding | None"]
@@ -56,6 +57,8 @@ _LAYER_TENSORS = {
     "k_bias": ("self_attn.k_proj.bias", False),
     "v_kernel": ("self_attn.v_proj.weight", True),
     "v_bias": ("self_attn.v_proj.bias", False),
+    "q_norm": ("self_attn.q_norm.weight", False),
+    "k_norm": ("self_attn.k_norm.weight", False),
     "o_kernel": ("self_attn.o_proj.weight", True),
     "post_norm": ("post_attention_layernorm.weight", False),
     "gate_kernel": ("mlp.gate_proj.weight", True),
@@ -70,15 +73,21 @@ _TOP_TENSORS = {
 _BIASES = ("q_bias", "k_bias", "v_bias")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint directory cannot be read into (or written from) the Flax model."""
+from sspo_jax.errors import CheckpointError  # noqa: E402 - a checkpoint that cannot be read or written
 
 
-def hf_tensor_shapes(cfg: Qwen2Config, *, include_lm_head: bool | None = None) -> dict[str, tuple]:
-    """Every HF tensor name of a Qwen2ForCausalLM with this config -> its HF shape.
+def _family_layer_tensors(cfg: DecoderConfig) -> list[str]:
+    """The stacked parameter names whose tensors the HF model of `cfg`'s family has per layer."""
+    names = [n for n in _LAYER_TENSORS if cfg.model_type == "qwen2" or n not in _BIASES]
+    return [n for n in names if cfg.qk_norm or n not in ("q_norm", "k_norm")]
 
-    `include_lm_head` defaults to `not cfg.tie_word_embeddings`. q/k/v biases are always listed
-    (HF Qwen2 always has them; a `qkv_bias=False` model exports zeros).
+
+def hf_tensor_shapes(cfg: DecoderConfig, *, include_lm_head: bool | None = None) -> dict[str, tuple]:
+    """Every HF tensor name of the family's ForCausalLM with this config -> its HF shape.
+
+    `include_lm_head` defaults to `not cfg.tie_word_embeddings`. For qwen2, q/k/v biases are
+    always listed (HF Qwen2 always has them; a `qkv_bias=False` model exports zeros); qwen3 adds
+    `self_attn.q_norm.weight` and `k_norm.weight` [head_dim]; llama has neither.
     """
     h, d, i, v = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size, cfg.vocab_size
     qd, kvd = cfg.num_attention_heads * d, cfg.num_key_value_heads * d
@@ -86,11 +95,12 @@ def hf_tensor_shapes(cfg: Qwen2Config, *, include_lm_head: bool | None = None) -
         "input_norm": (h,), "q_kernel": (qd, h), "q_bias": (qd,), "k_kernel": (kvd, h),
         "k_bias": (kvd,), "v_kernel": (kvd, h), "v_bias": (kvd,), "o_kernel": (h, qd),
         "post_norm": (h,), "gate_kernel": (i, h), "up_kernel": (i, h), "down_kernel": (h, i),
+        "q_norm": (d,), "k_norm": (d,),
     }
     shapes = {"model.embed_tokens.weight": (v, h)}
     for layer in range(cfg.num_hidden_layers):
-        for name, (hf, _) in _LAYER_TENSORS.items():
-            shapes[f"model.layers.{layer}.{hf}"] = per_layer[name]
+        for name in _family_layer_tensors(cfg):
+            shapes[f"model.layers.{layer}.{_LAYER_TENSORS[name][0]}"] = per_layer[name]
     shapes["model.norm.weight"] = (h,)
     if include_lm_head if include_lm_head is not None else not cfg.tie_word_embeddings:
         shapes["lm_head.weight"] = (v, h)
@@ -160,7 +170,7 @@ class SafetensorsReader(contextlib.AbstractContextManager):
         return None
 
 
-def _check_tensors(reader: SafetensorsReader, cfg: Qwen2Config, *, need_lm_head: bool,
+def _check_tensors(reader: SafetensorsReader, cfg: DecoderConfig, *, need_lm_head: bool,
                    ignore: set[str]) -> None:
     expected = hf_tensor_shapes(cfg, include_lm_head=need_lm_head)
     if not cfg.qkv_bias:
@@ -184,7 +194,7 @@ def _check_tensors(reader: SafetensorsReader, cfg: Qwen2Config, *, need_lm_head:
                                   f"got {got}")
 
 
-def _hf_source(path: ParamPath, cfg: Qwen2Config) -> tuple[list[str], bool, bool] | None:
+def _hf_source(path: ParamPath, cfg: DecoderConfig) -> tuple[list[str], bool, bool] | None:
     """(HF names, transpose, stacked over layers) feeding the Flax parameter at `path`."""
     if path in _TOP_TENSORS:
         return [_TOP_TENSORS[path]], False, False
@@ -224,14 +234,14 @@ def resolve_sharding_fn(mesh, sharding_for: ShardingFn | None) -> ShardingFn | N
     return lambda path, shape: replicated
 
 
-def load_into(module: nnx.Module, path: str | os.PathLike, cfg: Qwen2Config, *, dtype=jnp.float32,
+def load_into(module: nnx.Module, path: str | os.PathLike, cfg: DecoderConfig, *, dtype=jnp.float32,
               mesh=None, sharding_for: ShardingFn | None = None,
               need_lm_head: bool | None = None) -> set[ParamPath]:
-    """Fills the Qwen2 parameters of an (abstract or concrete) module from a HF checkpoint.
+    """Fills the decoder parameters of an (abstract or concrete) module from a HF checkpoint.
 
     Args:
-      module: a `Qwen2ForCausalLM` or a critic (any module whose Qwen2 parameters live at the
-        paths documented in `qwen2.py`); its matching `nnx.Param`s are replaced in place.
+      module: a `DecoderForCausalLM` or a critic (any module whose decoder parameters live at the
+        paths documented in `decoder.py`); its matching `nnx.Param`s are replaced in place.
       path: HF directory.
       cfg: the config read from `path`.
       dtype: parameter dtype to cast to while reading.
@@ -269,8 +279,8 @@ def load_into(module: nnx.Module, path: str | os.PathLike, cfg: Qwen2Config, *, 
 
 def from_pretrained(path: str | os.PathLike, *, dtype=jnp.float32, compute_dtype=None, mesh=None,
                     sharding_for: ShardingFn | None = None,
-                    remat: bool = False) -> Qwen2ForCausalLM:
-    """Loads a HF Qwen2 directory into a Flax `Qwen2ForCausalLM`.
+                    remat: bool = False) -> DecoderForCausalLM:
+    """Loads a HF Qwen2, Qwen3 or Llama directory into a Flax `DecoderForCausalLM`.
 
     Args:
       path: local directory with config.json and model.safetensors (or a sharded index).
@@ -279,11 +289,11 @@ def from_pretrained(path: str | os.PathLike, *, dtype=jnp.float32, compute_dtype
       mesh, sharding_for: placement, see `load_into`.
       remat: recompute layer activations in the backward pass.
     Raises:
-      ConfigError: unreadable or unsupported config.json (e.g. model_type).
+      ModelError: unreadable or unsupported config.json (e.g. model_type, listing the supported).
       CheckpointError: missing/unexpected tensor, shape mismatch, unreadable safetensors file.
     """
-    cfg = Qwen2Config.from_pretrained_dir(path)
-    model = nnx.eval_shape(lambda: Qwen2ForCausalLM(
+    cfg = DecoderConfig.from_pretrained_dir(path)
+    model = nnx.eval_shape(lambda: DecoderForCausalLM(
         cfg, rngs=nnx.Rngs(0), param_dtype=dtype, compute_dtype=compute_dtype, remat=remat))
     filled = load_into(model, path, cfg, dtype=dtype, mesh=mesh, sharding_for=sharding_for)
     unfilled = [p for p, _ in _param_variables(model) if p not in filled]
@@ -292,7 +302,7 @@ def from_pretrained(path: str | os.PathLike, *, dtype=jnp.float32, compute_dtype
     return model
 
 
-def _export_tensors(model: Qwen2ForCausalLM, dtype: np.dtype) -> Iterator[tuple[str, np.ndarray]]:
+def _export_tensors(model: DecoderForCausalLM, dtype: np.dtype) -> Iterator[tuple[str, np.ndarray]]:
     cfg = model.config
     layers = model.model.layers
 
@@ -307,7 +317,7 @@ def _export_tensors(model: Qwen2ForCausalLM, dtype: np.dtype) -> Iterator[tuple[
             if name in stacked:
                 t = stacked[name][i]
                 yield f"model.layers.{i}.{hf}", np.ascontiguousarray(t.T if transpose else t)
-            elif name in _BIASES:  # HF Qwen2 always has q/k/v biases
+            elif name in _BIASES and cfg.model_type == "qwen2":  # HF Qwen2 always has them
                 width = stacked[name.replace("bias", "kernel")].shape[-1]
                 yield f"model.layers.{i}.{hf}", np.zeros((width,), dtype)
     yield "model.norm.weight", host(model.model.final_norm[...])
@@ -323,9 +333,9 @@ def _share(file: str) -> None:
     os.chmod(file, 0o666 & ~umask)
 
 
-def save_pretrained(model: Qwen2ForCausalLM, path: str | os.PathLike, *, dtype=None,
+def save_pretrained(model: DecoderForCausalLM, path: str | os.PathLike, *, dtype=None,
                     max_shard_bytes: int | None = None) -> None:
-    """Writes `model` as a HF directory that transformers' Qwen2ForCausalLM loads.
+    """Writes `model` as a HF directory that transformers loads as the config's family.
 
     Args:
       model: the Flax policy.
@@ -334,8 +344,9 @@ def save_pretrained(model: Qwen2ForCausalLM, path: str | os.PathLike, *, dtype=N
       max_shard_bytes: when the weights exceed this, write `model-0000k-of-0000n.safetensors`
         shards and `model.safetensors.index.json` instead of one file.
     """
-    if not isinstance(model, Qwen2ForCausalLM):
-        raise TypeError(f"save_pretrained expects a Qwen2ForCausalLM, got {type(model).__name__}")
+    if not isinstance(model, DecoderForCausalLM):
+        raise TypeError(f"save_pretrained expects a DecoderForCausalLM (Qwen2ForCausalLM), got "
+                        f"{type(model).__name__}")
     dtype = np.dtype(jnp.dtype(dtype if dtype is not None else model.model.param_dtype))
     path = os.fspath(path)
     os.makedirs(path, exist_ok=True)

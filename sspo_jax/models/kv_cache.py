@@ -1,4 +1,4 @@
-"""KV-cache decoding for Qwen2: an explicit, donatable cache pytree plus prefill and decode steps.
+"""KV-cache decoding (Qwen2, Qwen3, Llama): a donatable cache pytree plus prefill and decode steps.
 
 All shapes are static, so `prefill` and `decode_step` can be jitted once and `decode_step` can
 run inside `jax.lax.while_loop` (the rollout engine does this). The cache is a `KVCache`
@@ -27,8 +27,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from sspo_jax.models.config import Qwen2Config
-from sspo_jax.models.qwen2 import Qwen2ForCausalLM, positions_from_mask
+from sspo_jax.models.config import DecoderConfig
+from sspo_jax.models.decoder import DecoderForCausalLM, positions_from_mask
 
 Array = jax.Array
 
@@ -84,7 +84,7 @@ class DecodeWeights(NamedTuple):
     unembed: Array
 
 
-def decode_weights(model: Qwen2ForCausalLM) -> DecodeWeights:
+def decode_weights(model: DecoderForCausalLM) -> DecodeWeights:
     """Per-layer weight slices and the LM head in compute dtype, for `decode_step` in a loop.
 
     Call it once outside `jax.lax.while_loop` / `fori_loop` (inside the same jit). It costs one
@@ -96,7 +96,7 @@ def decode_weights(model: Qwen2ForCausalLM) -> DecodeWeights:
                          unembed=model.unembed_weight().astype(cdt))
 
 
-def init_cache(config: Qwen2Config, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
+def init_cache(config: DecoderConfig, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
     """An empty cache for `batch` rows of up to `max_len` tokens, keys/values in `dtype`."""
     shape = (batch, config.num_key_value_heads, max_len, config.head_dim)
     n = config.num_hidden_layers
@@ -107,7 +107,7 @@ def init_cache(config: Qwen2Config, batch: int, max_len: int, dtype=jnp.float32)
         index=jnp.zeros((), jnp.int32), positions=jnp.zeros((batch,), jnp.int32))
 
 
-def prefill(model: Qwen2ForCausalLM, tokens: Array, attention_mask: Array,
+def prefill(model: DecoderForCausalLM, tokens: Array, attention_mask: Array,
             cache: KVCache) -> tuple[Array, KVCache]:
     """Runs the prompt through the model and fills slots [0, T) of a fresh cache.
 
@@ -141,7 +141,7 @@ def prefill(model: Qwen2ForCausalLM, tokens: Array, attention_mask: Array,
     return model.logits_from_hidden(h_last), new
 
 
-def decode_step(model: Qwen2ForCausalLM, token: Array, cache: KVCache,
+def decode_step(model: DecoderForCausalLM, token: Array, cache: KVCache,
                 weights: DecodeWeights | None = None) -> tuple[Array, KVCache]:
     """Feeds one token per row and returns the next-token logits.
 

@@ -33,7 +33,7 @@ from typing import Mapping, Optional
 
 import jax
 
-from sspo_jax.algorithms.config import ConfigError
+from sspo_jax.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

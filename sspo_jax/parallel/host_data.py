@@ -19,7 +19,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from sspo_jax.algorithms.config import ConfigError
+from sspo_jax.errors import ConfigError
 from sspo_jax.parallel.mesh import BATCH_AXES, batch_sharding
 
 

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from sspo_jax.algorithms.config import ConfigError
+from sspo_jax.errors import ConfigError
 
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both

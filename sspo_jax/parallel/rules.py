@@ -1,7 +1,7 @@
-"""Sharding rules for the Qwen2 policy and critics: FSDP over ``fsdp``, heads and MLP hidden
-units over ``tensor`` (Megatron layout), everything else replicated.
+"""Sharding rules for the decoder policy and critics (Qwen2, Qwen3, Llama): FSDP over ``fsdp``,
+heads and MLP hidden units over ``tensor`` (Megatron layout), everything else replicated.
 
-Parameter paths are those of `nnx.split` (see `sspo_jax/models/qwen2.py`): stacked layer weights
+Parameter paths are those of `nnx.split` (see `sspo_jax/models/decoder.py`): stacked layer weights
 carry a leading layer axis that is never sharded. A dimension that the axis size does not divide
 stays unsharded (e.g. 2 key/value heads on a tensor axis of 4), so every rule is always valid.
 Optimizer state follows its parameters (`shard_like`).
@@ -28,6 +28,8 @@ _RULES: dict[str, tuple[Optional[str], ...]] = {
     "q_bias": (None, "tensor"),  # [L, Hq*D]
     "k_bias": (None, "tensor"),
     "v_bias": (None, "tensor"),
+    "q_norm": (None, None),  # [L, D] (qwen3): one scale per head dimension, shared by all heads
+    "k_norm": (None, None),
     "o_kernel": (None, "tensor", "fsdp"),  # [L, Hq*D, H]: row parallel
     "gate_kernel": (None, "fsdp", "tensor"),  # [L, H, I]
     "up_kernel": (None, "fsdp", "tensor"),

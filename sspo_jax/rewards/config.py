@@ -1,8 +1,8 @@
 """`RewardConfig`: the frozen, validated settings of every reward function and their weights.
 
-The trainer embeds it in its YAML config under ``rewards:``. Every field has a default; an
-unknown reward name, a wrong type or an impossible value raises `RewardConfigError` naming the
-field and saying what to do.
+The trainer embeds it in its YAML config under ``rewards:``. Every field has a default; a wrong
+type or an impossible value raises `RewardConfigError` naming the field and saying what to do.
+Reward names are not looked up here (see `sspo_jax.rewards.registry`): they resolve lazily.
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ DEFAULT_ANSWER_PATTERNS = (
 )
 
 
-class RewardConfigError(ValueError):
+from sspo_jax.errors import ConfigError  # noqa: E402 - a leaf module: the rewards package stays JAX-free
+
+
+class RewardConfigError(ConfigError):
     """An invalid reward setting; the message names the field (``rewards.<field>``) and the fix."""
 
 
@@ -51,8 +54,10 @@ class RewardConfig:
     Attributes:
       weights: reward name -> weight; the total reward of a response is the weighted sum of the
         named functions' scores. A mapping (as YAML gives) or a sequence of (name, weight) pairs;
-        stored as a tuple of pairs in the given order. Names must be registered (see
-        `sspo_jax.rewards.registered_rewards()`); register custom rewards before building a config.
+        stored as a tuple of pairs in the given order. A name is a registered reward (see
+        `sspo_jax.rewards.registered_rewards()`) or a ``package.module:function`` spec; names are
+        resolved when the rewards are first computed (training checks them at start-up), so a
+        config naming a custom reward loads in any process.
       workers: processes verifying math answers in parallel (math-verify, see `pool.py`);
         0 verifies in the calling process (debugging, benchmarks).
       timeout_s: per-response time limit of one math verification, enforced by the parent process
@@ -74,6 +79,12 @@ class RewardConfig:
       numeric_tolerance: absolute tolerance of the ``exact_match`` reward's numeric comparison.
       overlong_max_len: DAPO's L_max in tokens (ALGORITHMS.md section 4), the generation limit.
       overlong_cache_len: DAPO's L_cache in tokens: the soft-penalty zone below `overlong_max_len`.
+      max_gold_unparsed_frac: training stops (naming the data file and line of one example) when
+        more than this fraction of a step's responses have a gold answer that a reward cannot
+        parse (math-verify: malformed LaTeX such as ``\\frac{{{``, ``NaN``); such rows score 0 and
+        are counted in ``reward/<name>/gold_unparsed``. 1 = never stop.
+      timeout_warn_frac: a console warning when more than this fraction of a step's responses
+        timed out in verification (the progress bar shows the fraction whenever it is above 0).
     """
 
     weights: tuple[tuple[str, float], ...] = (("math", 1.0),)
@@ -89,6 +100,8 @@ class RewardConfig:
     numeric_tolerance: float = 1e-6
     overlong_max_len: int = 1024
     overlong_cache_len: int = 256
+    max_gold_unparsed_frac: float = 0.5
+    timeout_warn_frac: float = 0.1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "weights", _normalise_weights(self.weights))
@@ -130,12 +143,9 @@ class RewardConfig:
         _check(_is_int(self.overlong_cache_len) and 1 <= self.overlong_cache_len <= self.overlong_max_len,
                f"rewards.overlong_cache_len must be an integer in [1, overlong_max_len="
                f"{self.overlong_max_len}] (tokens), got {self.overlong_cache_len!r}")
-        from sspo_jax.rewards.registry import registered_rewards
-
-        known = registered_rewards()
-        for name, _ in self.weights:
-            _check(name in known, f"rewards.weights names an unknown reward {name!r}; known rewards: "
-                                  f"{sorted(known)} (register custom ones with register_reward first)")
+        for name in ("max_gold_unparsed_frac", "timeout_warn_frac"):
+            value = getattr(self, name)
+            _check(_is_number(value) and 0 <= value <= 1, f"rewards.{name} must be a number in [0, 1], got {value!r}")
 
     @property
     def weight_map(self) -> dict[str, float]:

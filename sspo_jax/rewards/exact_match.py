@@ -9,14 +9,15 @@ fall back to whitespace-insensitive string equality.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from fractions import Fraction
 
 import numpy as np
 
-from sspo_jax.rewards.config import RewardConfig, make_config
+from sspo_jax.rewards.config import RewardConfig
 from sspo_jax.rewards.extract import extract_answer, gold_answer_text, last_boxed
+from sspo_jax.rewards.inputs import RewardInput
 from sspo_jax.rewards.output import RewardOutput
+from sspo_jax.rewards.registry import register_reward
 
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?:\D|$))")
 _TEXT = re.compile(r"\\(?:text|mathrm|textbf)\{([^{}]*)\}")
@@ -46,16 +47,8 @@ def answers_match(prediction: str, gold: str, tolerance: float = 1e-6) -> bool:
     return " ".join(_clean(prediction).split()) == " ".join(_clean(gold).split())
 
 
-def exact_match_reward(
-    responses: Sequence[str],
-    golds: Sequence[str],
-    *,
-    metas: Sequence[dict] | None = None,
-    response_lengths: np.ndarray | None = None,
-    truncated: np.ndarray | None = None,
-    cfg: RewardConfig | None = None,
-    **overrides: object,
-) -> RewardOutput:
+@register_reward("exact_match")
+def exact_match_reward(inp: RewardInput, cfg: RewardConfig) -> RewardOutput:
     """1.0 where the extracted answer equals the gold answer numerically (or as a string).
 
     Numbers match within ``cfg.numeric_tolerance`` (see `answers_match`). With
@@ -63,19 +56,15 @@ def exact_match_reward(
     used; golds are read per ``cfg.gold_extraction``.
 
     Args:
-      responses: N decoded responses; golds: N gold answers.
-      metas, response_lengths, truncated: unused (the registry's uniform signature).
-      cfg: settings (default `RewardConfig()`); `overrides` replace single fields.
+      inp: N decoded responses and their N gold answers.
+      cfg: settings (called loosely, `overrides` replace single fields; see `RewardFunction`).
     Returns:
       `RewardOutput` with scores float32 [N] in {0, 1} and the count of responses without an
       answer.
     Raises:
       ValueError: `responses` and `golds` differ in length.
     """
-    del metas, response_lengths, truncated
-    cfg = make_config(cfg, **overrides)
-    if len(responses) != len(golds):
-        raise ValueError(f"got {len(responses)} responses but {len(golds)} gold answers")
+    responses, golds = inp.responses, inp.golds
     scores = np.zeros(len(responses), dtype=np.float32)
     no_answer = 0
     for i, (response, gold) in enumerate(zip(responses, golds)):

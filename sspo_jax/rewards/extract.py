@@ -73,18 +73,37 @@ def extract_answer(response: str, cfg: RewardConfig) -> str | None:
     return found.strip()
 
 
-def gold_answer_text(gold: str, mode: str = "auto") -> str:
-    """The answer part of a gold string: after the last ``####`` (GSM8K), else the last boxed
-    content, else the whole string (stripped). ``mode="raw"`` returns `gold` stripped."""
+GOLD_FORMATS = ("auto", "raw", "gsm8k", "boxed")
+
+
+def gold_answer(gold: str, mode: str = "auto") -> str | None:
+    """The answer part of a gold string; the one place gold answers are parsed (data sources and
+    rewards both call it).
+
+    Modes: ``gsm8k`` the text after the last ``####`` (None without one); ``boxed`` the last
+    ``\\boxed{}`` content (None without one); ``raw`` the whole string; ``auto`` the first of
+    gsm8k, boxed and raw that applies. The result is stripped.
+    """
     gold = gold.strip()
-    if mode == "raw":
-        return gold
-    if "####" in gold:
+    if mode not in GOLD_FORMATS:
+        raise ValueError(f"gold answer format {mode!r} is not one of {list(GOLD_FORMATS)}")
+    if mode in ("gsm8k", "auto") and "####" in gold:
         return gold.rsplit("####", 1)[1].strip()
-    boxed = last_boxed(gold)
-    if boxed is not None and boxed.strip():
-        return boxed.strip()
+    if mode == "gsm8k":
+        return None
+    if mode in ("boxed", "auto"):
+        boxed = last_boxed(gold)
+        if boxed is not None and (boxed.strip() or mode == "boxed"):
+            return boxed.strip()
+        if mode == "boxed":
+            return None
     return gold
+
+
+def gold_answer_text(gold: str, mode: str = "auto") -> str:
+    """The answer part of a gold string for the rewards (``auto`` or ``raw``, see `gold_answer`):
+    after the last ``####`` (GSM8K), else the last boxed content, else the whole string (stripped)."""
+    return gold_answer(gold, mode) or ""
 
 
 def as_latex_math(answer: str) -> str:

@@ -9,13 +9,15 @@ the extracted answer with the entry. Needs the optional ``data`` extra (reasonin
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 
-from sspo_jax.rewards.config import RewardConfig, make_config
+from sspo_jax.rewards.config import RewardConfig
 from sspo_jax.rewards.extract import extract_answer, last_boxed
+from sspo_jax.rewards.inputs import RewardInput
 from sspo_jax.rewards.output import RewardOutput
+from sspo_jax.rewards.registry import register_reward
 
 TASK_KEY = "reasoning_gym_task"
 ENTRY_KEY = "reasoning_gym_entry"
@@ -30,16 +32,8 @@ def _scorer(task: str) -> Callable[[str | None, dict], float]:
     return reasoning_gym.get_score_answer_fn(task)
 
 
-def reasoning_gym_reward(
-    responses: Sequence[str],
-    golds: Sequence[str],
-    *,
-    metas: Sequence[dict] | None = None,
-    response_lengths: np.ndarray | None = None,
-    truncated: np.ndarray | None = None,
-    cfg: RewardConfig | None = None,
-    **overrides: object,
-) -> RewardOutput:
+@register_reward("reasoning_gym")
+def reasoning_gym_reward(inp: RewardInput, cfg: RewardConfig) -> RewardOutput:
     """Scores from each item's own reasoning-gym scorer, clipped to [0, 1].
 
     The answer passed to the scorer is extracted per ``cfg.extraction`` (``math_verify`` mode
@@ -47,18 +41,16 @@ def reasoning_gym_reward(
     that raises scores 0 and is counted as a failure.
 
     Args:
-      responses: N decoded responses.
-      metas: N dicts with the task name and generated entry (from a `ReasoningGymSource`).
-      golds, response_lengths, truncated: unused (the registry's uniform signature).
-      cfg: settings (default `RewardConfig()`); `overrides` replace single fields.
+      inp: N decoded responses with ``metas``, N dicts holding the task name and generated entry
+        (from a `ReasoningGymSource`).
+      cfg: settings (called loosely, `overrides` replace single fields; see `RewardFunction`).
     Returns:
       `RewardOutput` with scores float32 [N] in [0, 1] and the failure and no-answer counts.
     Raises:
       ValueError: `metas` is missing, of the wrong length, or a dict lacks the task keys.
       ImportError: reasoning-gym is not installed.
     """
-    del golds, response_lengths, truncated
-    cfg = make_config(cfg, **overrides)
+    responses, metas = inp.responses, inp.metas
     if metas is None or len(metas) != len(responses):
         raise ValueError("the 'reasoning_gym' reward needs metas (one dict per response, from a "
                          f"ReasoningGymSource) with keys {TASK_KEY!r} and {ENTRY_KEY!r}")

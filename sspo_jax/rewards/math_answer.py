@@ -5,88 +5,110 @@ time limit enforced by the parent, or in the calling process (``cfg.workers == 0
 thread math-verify's own signal-based timeout applies (whole seconds, rounded up); off the main
 thread it cannot (signal.alarm), so it is disabled there and an item has no time limit: use the
 pool from threads. Timeouts and verifier crashes score 0 and are counted, never silent.
+
+Gold answers are checked first, once per distinct gold (`verify.gold_parses`, in the pool or
+in-process like the verification): rows whose gold math-verify cannot parse score 0 without
+being verified and are counted as ``gold_unparsed`` (a data problem, not a wrong response).
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
 
 import numpy as np
 
-from sspo_jax.rewards.config import RewardConfig, make_config
+from sspo_jax.rewards.config import RewardConfig
 from sspo_jax.rewards.extract import extract_answer, gold_answer_text
+from sspo_jax.rewards.inputs import RewardInput
 from sspo_jax.rewards.output import RewardOutput
-from sspo_jax.rewards.pool import FAILED, TIMEOUT, get_pool
-from sspo_jax.rewards.verify import verify_answer
+from sspo_jax.rewards.registry import register_reward
+from sspo_jax.rewards.pool import FAILED, OK, TIMEOUT, get_pool
+from sspo_jax.rewards.verify import gold_parses, verify_answer
 
 
-def _check_lengths(responses: Sequence[str], golds: Sequence[str]) -> None:
-    if len(responses) != len(golds):
-        raise ValueError(f"got {len(responses)} responses but {len(golds)} gold answers; "
-                         "repeat each gold once per sampled response")
-
-
-def math_reward(
-    responses: Sequence[str],
-    golds: Sequence[str],
-    *,
-    metas: Sequence[dict] | None = None,
-    response_lengths: np.ndarray | None = None,
-    truncated: np.ndarray | None = None,
-    cfg: RewardConfig | None = None,
-    **overrides: object,
-) -> RewardOutput:
+@register_reward("math")
+def math_reward(inp: RewardInput, cfg: RewardConfig) -> RewardOutput:
     """1.0 where a response's final answer is equivalent to its gold answer, else 0.0.
 
     Args:
-      responses: N decoded responses.
-      golds: N gold answers (GSM8K ``... #### 18``, ``\\boxed{}`` or bare text; see
-        `RewardConfig.gold_extraction`).
-      metas, response_lengths, truncated: unused (the registry's uniform signature).
-      cfg: settings (default `RewardConfig()`); `overrides` replace single fields, e.g.
-        ``math_reward(rs, gs, workers=0, timeout_s=2)``.
+      inp: N responses and their gold answers (GSM8K ``... #### 18``, ``\\boxed{}`` or bare text;
+        see `RewardConfig.gold_extraction`).
+      cfg: settings. Called loosely, ``math_reward(rs, gs, workers=0, timeout_s=2)`` (see
+        `RewardFunction`).
     Returns:
-      `RewardOutput` with scores float32 [N] in {0, 1} and the counts of failures, timeouts and
-      responses without an extractable answer (or an empty gold), which all score 0.
+      `RewardOutput` with scores float32 [N] in {0, 1} and the counts of failures, timeouts,
+      responses without an extractable answer (or an empty gold) and responses whose gold answer
+      math-verify cannot parse (with one such row), which all score 0.
     Raises:
       ValueError: `responses` and `golds` differ in length.
       RuntimeError: the worker pool cannot start (see `pool.VerifierPool`).
     """
-    del metas, response_lengths, truncated
-    cfg = make_config(cfg, **overrides)
-    _check_lengths(responses, golds)
+    responses, golds = inp.responses, inp.golds
     whole = cfg.extraction == "math_verify"
     options = (whole, cfg.float_rounding, cfg.numeric_precision, cfg.strict)
+    gold_texts = [gold_answer_text(gold, cfg.gold_extraction) for gold in golds]
+    unparsed = _unparsed_golds(sorted({g for g in gold_texts if g}), cfg)
     items: list[tuple] = []
     rows: list[int] = []
-    for i, (response, gold) in enumerate(zip(responses, golds)):
+    bad_rows: list[int] = []
+    for i, (response, gold_text) in enumerate(zip(responses, gold_texts)):
+        if gold_text and gold_text in unparsed:
+            bad_rows.append(i)
+            continue
         answer = extract_answer(response, cfg)
-        gold_text = gold_answer_text(gold, cfg.gold_extraction)
         if answer is None or not gold_text:
             continue
         items.append((answer, gold_text, *options))
         rows.append(i)
     scores = np.zeros(len(responses), dtype=np.float32)
-    no_answer = len(responses) - len(rows)
+    counts = {"no_answer": len(responses) - len(rows) - len(bad_rows), "gold_unparsed": len(bad_rows),
+              "gold_unparsed_row": bad_rows[0] if bad_rows else None}
     if not items:
-        return RewardOutput(scores, no_answer=no_answer)
+        return RewardOutput(scores, **counts)
     if cfg.workers >= 1:
         result = get_pool(cfg.workers, cfg.start_method).map(verify_answer, items, cfg.timeout_s)
         for row, value, state in zip(rows, result.values, result.status):
             if state not in (FAILED, TIMEOUT):
                 scores[row] = float(value)
-        return RewardOutput(scores, failures=result.failures, timeouts=result.timeouts, no_answer=no_answer)
-    return _in_process(items, rows, scores, cfg, no_answer)
+        return RewardOutput(scores, failures=result.failures, timeouts=result.timeouts, **counts)
+    return _in_process(items, rows, scores, cfg, counts)
+
+
+def _main_thread_timeout(cfg: RewardConfig) -> int | None:
+    """math-verify's own (signal.alarm) timeout in whole seconds on the main thread; None elsewhere."""
+    return max(1, math.ceil(cfg.timeout_s)) if threading.current_thread() is threading.main_thread() else None
+
+
+def _unparsed_golds(golds: list[str], cfg: RewardConfig) -> set[str]:
+    """The gold texts math-verify cannot parse. One whose check times out counts as parsed: its
+    verifications then time out (and are counted) like any other."""
+    if not golds:
+        return set()
+    if cfg.workers >= 1:
+        result = get_pool(cfg.workers, cfg.start_method).map(gold_parses, [(g,) for g in golds], cfg.timeout_s)
+        return {g for g, value, state in zip(golds, result.values, result.status)
+                if state == FAILED or (state == OK and not value)}
+    from math_verify.errors import TimeoutException
+
+    timeout = _main_thread_timeout(cfg)
+    out = set()
+    for gold in golds:
+        try:
+            if not gold_parses(gold, timeout):
+                out.add(gold)
+        except TimeoutException:
+            continue
+        except Exception:  # noqa: BLE001 - math-verify's parser raised: the gold is unusable
+            out.add(gold)
+    return out
 
 
 def _in_process(items: list[tuple], rows: list[int], scores: np.ndarray, cfg: RewardConfig,
-                no_answer: int) -> RewardOutput:
+                counts: dict) -> RewardOutput:
     from math_verify.errors import TimeoutException
 
-    on_main = threading.current_thread() is threading.main_thread()
-    timeout = max(1, math.ceil(cfg.timeout_s)) if on_main else None
+    timeout = _main_thread_timeout(cfg)
     failures = timeouts = 0
     for row, item in zip(rows, items):
         try:
@@ -95,4 +117,4 @@ def _in_process(items: list[tuple], rows: list[int], scores: np.ndarray, cfg: Re
             timeouts += 1
         except Exception:  # a math-verify crash: scored 0 and counted
             failures += 1
-    return RewardOutput(scores, failures=failures, timeouts=timeouts, no_answer=no_answer)
+    return RewardOutput(scores, failures=failures, timeouts=timeouts, **counts)

@@ -16,12 +16,18 @@ class RewardOutput:
       failures: responses whose verifier raised or whose worker crashed (scored 0).
       timeouts: responses whose verification exceeded the time limit (scored 0).
       no_answer: responses with no answer in the expected form (scored 0; not an error).
+      gold_unparsed: responses whose gold answer the function cannot parse (scored 0; a data
+        problem: the trainer stops when too many of a step's golds fail, see
+        ``rewards.max_gold_unparsed_frac``).
+      gold_unparsed_row: the index of one such response (to name its data row), or None.
     """
 
     scores: np.ndarray
     failures: int = 0
     timeouts: int = 0
     no_answer: int = 0
+    gold_unparsed: int = 0
+    gold_unparsed_row: int | None = None
 
     def __post_init__(self) -> None:
         scores = np.asarray(self.scores, dtype=np.float32)
@@ -37,6 +43,7 @@ class RewardOutput:
             f"{prefix}failures": float(self.failures),
             f"{prefix}timeouts": float(self.timeouts),
             f"{prefix}no_answer": float(self.no_answer),
+            f"{prefix}gold_unparsed": float(self.gold_unparsed),
         }
 
 

@@ -9,12 +9,13 @@ It is added to the correctness reward (give it weight 1 in `RewardConfig.weights
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 
 import numpy as np
 
-from sspo_jax.rewards.config import RewardConfig, make_config
+from sspo_jax.rewards.config import RewardConfig
+from sspo_jax.rewards.inputs import RewardInput
 from sspo_jax.rewards.output import RewardOutput
+from sspo_jax.rewards.registry import register_reward
 
 
 def overlong_penalty(lengths: np.ndarray, max_len: int, cache_len: int) -> np.ndarray:
@@ -41,35 +42,23 @@ def overlong_penalty(lengths: np.ndarray, max_len: int, cache_len: int) -> np.nd
     return out.astype(np.float32)
 
 
-def overlong_reward(
-    responses: Sequence[str],
-    golds: Sequence[str],
-    *,
-    metas: Sequence[dict] | None = None,
-    response_lengths: np.ndarray | None = None,
-    truncated: np.ndarray | None = None,
-    cfg: RewardConfig | None = None,
-    **overrides: object,
-) -> RewardOutput:
+@register_reward("overlong")
+def overlong_reward(inp: RewardInput, cfg: RewardConfig) -> RewardOutput:
     """`overlong_penalty` of `response_lengths` with L_max = cfg.overlong_max_len and
     L_cache = cfg.overlong_cache_len.
 
     Args:
-      responses: N decoded responses (only their number is used).
-      response_lengths: int [N] response token counts (never characters).
-      golds, metas, truncated: unused (the registry's uniform signature).
-      cfg: settings (default `RewardConfig()`); `overrides` replace single fields.
+      inp: N responses (only their number is used) with ``response_lengths``, int [N] response
+        token counts (never characters).
+      cfg: settings (called loosely, `overrides` replace single fields; see `RewardFunction`).
     Returns:
       `RewardOutput` with scores float32 [N] in [-1, 0].
     Raises:
       ValueError: `response_lengths` is missing or of the wrong length or type.
     """
-    del golds, metas, truncated
-    cfg = make_config(cfg, **overrides)
+    response_lengths = inp.response_lengths
     if response_lengths is None:
         raise ValueError("the 'overlong' reward needs response_lengths (response token counts from "
                          "the rollout, an int array [N]); character counts are not a substitute")
-    if len(response_lengths) != len(responses):
-        raise ValueError(f"got {len(response_lengths)} response lengths for {len(responses)} responses")
     return RewardOutput(overlong_penalty(np.asarray(response_lengths), cfg.overlong_max_len,
                                          cfg.overlong_cache_len))

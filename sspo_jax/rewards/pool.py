@@ -9,13 +9,20 @@ measures each item's run time in the parent:
 - items travel in chunks, at most ``workers`` chunks in flight, so a chunk starts as soon as it
   is submitted; the worker times each item and reports one slower than ``timeout_s`` as a
   *timeout*; the parent cuts a chunk off at ``len(chunk) * timeout_s`` (an item that never
-  returns, e.g. stuck in C code where no signal reaches it): every worker of the pool is killed,
-  the pool is replaced, the other in-flight chunks are resubmitted (they were not at fault) and
-  the cut chunk's items rerun one by one, so the hung item is the one counted;
+  returns, e.g. stuck in C code where no signal reaches it): every worker of the pool is killed
+  (a `ProcessPoolExecutor` cannot lose one worker and go on), the pool is replaced, the other
+  in-flight chunks are resubmitted (they were not at fault) and the cut chunk's items rerun as
+  single items, up to ``workers`` at a time (each has its own deadline), so the hung item is the
+  one counted;
 - an item whose call raises is a *failure* (the message is kept);
 - a worker that dies on its own (a segfault in a parser) breaks the pool: the in-flight items are
   then rerun one at a time in a fresh pool, so the item that kills a worker again is the one
   counted as a failure and the others complete.
+
+The cost of replacements is bounded: after ``max_restarts_per_call`` replacements within one
+`map` call (every item hangs, or ``timeout_s`` is far too low), the items not yet finished are
+not run again but marked ``TIMEOUT`` (or ``FAILED`` after crashes) with a message saying so, so one
+call takes at most about ``(max_restarts_per_call + 1) * (chunk timeout + pool start)``.
 
 Nothing is dropped silently: every item ends as ``OK``, ``FAILED`` or ``TIMEOUT``. One pool per
 (workers, start method) is shared by the process (`get_pool`), created lazily, kept alive
@@ -82,6 +89,8 @@ class VerifierPool:
       warm_up: a picklable no-argument callable every fresh worker runs once before any item
         (e.g. import math-verify), so start-up time never counts against an item's timeout.
       startup_timeout_s: time allowed for all workers of a fresh pool to start and warm up.
+      max_restarts_per_call: pool replacements allowed within one `map` call; after that the
+        unfinished items are marked instead of run (see the module docstring).
     Attributes:
       restarts: how many times the pool was replaced after a timeout or a worker crash.
     Raises:
@@ -94,7 +103,10 @@ class VerifierPool:
         start_method: str = "spawn",
         warm_up: Callable[[], Any] | None = None,
         startup_timeout_s: float = 180.0,
+        max_restarts_per_call: int = 3,
     ) -> None:
+        if max_restarts_per_call < 0:
+            raise ValueError(f"VerifierPool needs max_restarts_per_call >= 0, got {max_restarts_per_call}")
         if workers < 1:
             raise ValueError(f"VerifierPool needs workers >= 1, got {workers}")
         if start_method not in ("spawn", "forkserver"):
@@ -103,6 +115,7 @@ class VerifierPool:
         self.start_method = start_method
         self._warm_up = warm_up
         self._startup_timeout_s = startup_timeout_s
+        self.max_restarts_per_call = max_restarts_per_call
         self._ctx = multiprocessing.get_context(start_method)
         self._lock = threading.Lock()
         self._executor: cf.ProcessPoolExecutor | None = None
@@ -205,17 +218,27 @@ class VerifierPool:
             suspects: collections.deque[tuple[int, ...]] = collections.deque()  # single items, run alone
             inflight: dict[cf.Future, tuple[tuple[int, ...], float]] = {}
             executor = self._executor
+            restarts_here = 0
 
             def submit(unit: tuple[int, ...]) -> None:
                 future = executor.submit(_run_chunk, fn, [items[i] for i in unit], timeout_s)
                 inflight[future] = (unit, time.monotonic())
 
-            def replace_pool() -> None:
-                nonlocal executor
+            def replace_pool(state: int) -> None:
+                """Kills the pool (the next loop starts a fresh one); past the cap, gives up on the rest."""
+                nonlocal executor, restarts_here
                 inflight.clear()
                 self._kill()
                 self.restarts += 1
+                restarts_here += 1
                 executor = None
+                if restarts_here > self.max_restarts_per_call:
+                    why = (f"not verified: the verifier pool was already replaced {self.max_restarts_per_call} times "
+                           f"in this call after {'timeouts' if state == TIMEOUT else 'worker crashes'}")
+                    for i in {i for unit in (*pending, *suspects) for i in unit}:
+                        status[i], errors[i] = state, why
+                    pending.clear()
+                    suspects.clear()
 
             try:
                 while pending or suspects or inflight:
@@ -232,7 +255,7 @@ class VerifierPool:
                                 pending.popleft()
                     except BrokenProcessPool:  # a worker died while idle: rerun what was in flight
                         suspects.extend((i,) for unit, _ in inflight.values() for i in unit)
-                        replace_pool()
+                        replace_pool(FAILED)
                         continue
                     isolated = len(inflight) == 1 and len(next(iter(inflight.values()))[0]) == 1
                     next_deadline = min(start + timeout_s * len(unit) for unit, start in inflight.values())
@@ -260,16 +283,18 @@ class VerifierPool:
                     expired = [f for f, (unit, start) in inflight.items() if now - start >= timeout_s * len(unit)]
                     if broken:
                         suspects.extend((i,) for unit, _ in inflight.values() for i in unit)
-                        replace_pool()
+                        replace_pool(FAILED)
                     elif expired:
+                        alone: list[tuple[int, ...]] = []
                         for future in expired:
                             unit, _ = inflight.pop(future)
                             if len(unit) == 1:
                                 status[unit[0]], errors[unit[0]] = TIMEOUT, f"no result within {timeout_s:g} s"
-                            else:  # some item of the chunk hung: find which by running them alone
-                                suspects.extend((i,) for i in unit)
+                            else:  # some item of the chunk hung: find which by running them as single items
+                                alone.extend((i,) for i in unit)
                         pending.extendleft(unit for unit, _ in reversed(list(inflight.values())))
-                        replace_pool()
+                        pending.extendleft(reversed(alone))  # in parallel: each has its own deadline
+                        replace_pool(TIMEOUT)
             except BaseException:  # interrupted (e.g. KeyboardInterrupt): leave no busy workers behind
                 self._kill()
                 raise

@@ -1,114 +1,154 @@
-"""Reward functions by name, and their weighted combination from a `RewardConfig`.
+"""The reward registry: names (and ``package.module:function`` specs) -> reward functions.
 
-Every registered function has the same signature::
+A leaf module: it imports no reward implementation, so configs name rewards freely and a name
+is resolved only when it is used (`get_reward`). The built-in rewards (``math``, ``exact_match``,
+``format``, ``overlong``, ``reasoning_gym``) register themselves when `sspo_jax.rewards.builtins`
+is imported, which the first lookup does.
 
-    fn(responses: Sequence[str], golds: Sequence[str], *, metas: Sequence[dict] | None,
-       response_lengths: np.ndarray | None, truncated: np.ndarray | None,
-       cfg: RewardConfig) -> RewardOutput
+Every reward has one signature, ``fn(inp: RewardInput, cfg: RewardConfig) -> RewardOutput``::
 
-Built in: ``math`` (math-verify equivalence), ``exact_match`` (numeric equality), ``format``
-(answer present in the expected form), ``overlong`` (DAPO soft length penalty, tokens),
-``reasoning_gym`` (the task's own scorer).
+    @register_reward("length_bonus")
+    def length_bonus(inp, cfg):
+        return RewardOutput(np.array([len(r) / 100 for r in inp.responses], np.float32))
+
+A reward another process must find (``sspo-jax eval``, ``compare``, a multi-host worker) can be
+named in ``rewards.weights`` as ``my_pkg.my_rewards:length_bonus``: the module is imported and the
+attribute used; it is a `RewardFunction` (from `@register_reward` or `@reward_function`) or a plain
+function of ``(RewardInput, RewardConfig)``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+import importlib
+from collections.abc import Callable
+from typing import Any
 
-import numpy as np
+from sspo_jax.rewards.config import RewardConfigError
+from sspo_jax.rewards.inputs import RewardInput
+from sspo_jax.rewards.output import RewardOutput
 
-from sspo_jax.rewards.output import CombinedRewards, RewardOutput
-
-RewardFn = Callable[..., RewardOutput]
-
-_REGISTRY: dict[str, RewardFn] = {}
+CoreFn = Callable[[RewardInput, Any], RewardOutput]
 
 
-def register_reward(name: str, fn: RewardFn, *, overwrite: bool = False) -> None:
-    """Make `fn` (the uniform signature above) available under `name` in `RewardConfig.weights`.
+class UnknownRewardError(RewardConfigError, KeyError):
+    """A reward name that is neither registered nor an importable ``module:function`` spec."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardFunction:
+    """A reward: ``fn(inp, cfg) -> RewardOutput`` over N responses (see the module docstring).
+
+    Calling it also accepts the loose form ``reward(responses, golds, *, metas=None,
+    response_lengths=None, truncated=None, cfg=None, **overrides)``, where `overrides` replace
+    single `RewardConfig` fields (``math_reward(rs, gs, workers=0)``).
+
+    Attributes:
+      fn: the implementation, a function of (`RewardInput`, `RewardConfig`).
+      name: the registered name (or the function's own name).
+    """
+
+    fn: CoreFn
+    name: str
+    origin: Any = dataclasses.field(default=None, compare=False)
+
+    def score(self, inp: RewardInput, cfg) -> RewardOutput:
+        """`RewardOutput` (scores float32 [N]) of the N responses of `inp` under `cfg`."""
+        return self.fn(inp, cfg)
+
+    def __call__(self, responses, golds=None, *, metas=None, response_lengths=None, truncated=None, cfg=None,
+                 **overrides) -> RewardOutput:
+        from sspo_jax.rewards.config import make_config
+
+        inp = responses if isinstance(responses, RewardInput) else RewardInput(
+            responses, golds if golds is not None else [""] * len(responses), metas, response_lengths, truncated)
+        return self.fn(inp, make_config(cfg, **overrides))
+
+
+_REGISTRY: dict[str, RewardFunction] = {}
+
+
+def reward_function(fn: CoreFn) -> RewardFunction:
+    """Decorator: `fn` of (`RewardInput`, `RewardConfig`) as a `RewardFunction`, without registering it
+    (for rewards named by ``module:function`` spec)."""
+    return fn if isinstance(fn, RewardFunction) else RewardFunction(fn, getattr(fn, "__name__", "reward"))
+
+
+def _from_keywords(fn: Callable[..., RewardOutput], name: str) -> RewardFunction:
+    def core(inp: RewardInput, cfg) -> RewardOutput:
+        return fn(list(inp.responses), list(inp.golds), metas=inp.metas, response_lengths=inp.response_lengths,
+                  truncated=inp.truncated, cfg=cfg)
+    return RewardFunction(core, name, origin=fn)
+
+
+def register_reward(name: str, fn: Callable[..., RewardOutput] | None = None, *, overwrite: bool = False):
+    """Make a reward available under `name` in ``rewards.weights``.
+
+    Two forms:
+      ``@register_reward("name")`` decorates a function of (`RewardInput`, `RewardConfig`) and
+      returns it as a `RewardFunction`.
+      ``register_reward("name", fn)`` registers a function of the keyword signature
+      ``fn(responses, golds, *, metas, response_lengths, truncated, cfg)`` (or a `RewardFunction`).
 
     Raises:
-      ValueError: `name` is empty or not a string, or already names another function and
-        `overwrite` is false.
+      ValueError: `name` is empty, not a string, contains ``:`` (reserved for specs), or already
+        names another function and `overwrite` is false.
     """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"a reward name must be a non-empty string, got {name!r}")
-    if name in _REGISTRY and not overwrite and _REGISTRY[name] is not fn:
-        raise ValueError(f"a reward named {name!r} is already registered; pass overwrite=True to replace it")
-    _REGISTRY[name] = fn
+    if not isinstance(name, str) or not name or ":" in name:
+        raise ValueError(f"a reward name must be a non-empty string without ':', got {name!r}")
+
+    def add(reward: RewardFunction) -> RewardFunction:
+        old = _REGISTRY.get(name)
+        if old is not None and not overwrite and (old.origin or old.fn) is not (reward.origin or reward.fn):
+            raise ValueError(f"a reward named {name!r} is already registered; pass overwrite=True to replace it")
+        _REGISTRY[name] = reward
+        return reward
+
+    if fn is None:
+        return lambda core: add(RewardFunction(core, name) if not isinstance(core, RewardFunction) else core)
+    add(fn if isinstance(fn, RewardFunction) else _from_keywords(fn, name))
+    return None
+
+
+def _load_builtins() -> None:
+    import sspo_jax.rewards.builtins  # noqa: F401 - registers the built-in rewards
 
 
 def registered_rewards() -> tuple[str, ...]:
-    """Names of all registered reward functions."""
+    """Names of all registered reward functions (the built-ins included)."""
+    _load_builtins()
     return tuple(_REGISTRY)
 
 
-def get_reward(name: str) -> RewardFn:
-    """The reward function registered as `name`.
-
-    Raises:
-      KeyError: `name` is not registered (the message lists the known names).
-    """
+def _from_spec(spec: str) -> RewardFunction:
+    module_name, _, attr = spec.partition(":")
+    hint = "a reward spec is 'package.module:function' with the module on the Python path"
     try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown reward {name!r}; known rewards: {sorted(_REGISTRY)}") from None
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise UnknownRewardError(f"reward {spec!r}: cannot import module {module_name!r} ({err}); {hint}") from None
+    target = getattr(module, attr, None)
+    if target is None or not callable(target):
+        raise UnknownRewardError(f"reward {spec!r}: module {module_name!r} has no function {attr!r}; {hint}")
+    return reward_function(target)
 
 
-def compute_rewards(
-    responses: Sequence[str],
-    golds: Sequence[str],
-    cfg: "RewardConfig | None" = None,
-    *,
-    metas: Sequence[dict] | None = None,
-    response_lengths: np.ndarray | None = None,
-    truncated: np.ndarray | None = None,
-) -> CombinedRewards:
-    """Run every reward in ``cfg.weights`` and combine: total = sum_k w_k * scores_k.
+def get_reward(name: str) -> RewardFunction:
+    """The reward registered as `name`, or the function a ``package.module:function`` spec names.
 
-    Args:
-      responses: N decoded responses; golds: N gold answers (repeated per group member).
-      cfg: `RewardConfig` (default: math reward only, weight 1).
-      metas: N metadata dicts (needed by ``reasoning_gym``).
-      response_lengths: int [N] response token counts (needed by ``overlong``).
-      truncated: bool [N], responses cut at the generation limit (passed through).
-    Returns:
-      `CombinedRewards`: total float32 [N], each function's `RewardOutput`, the weights.
     Raises:
-      ValueError: an input's length is not N, or a reward returns scores not of shape [N];
-        whatever a reward function raises (e.g. a missing input it needs).
+      UnknownRewardError (a `ConfigError` and a `KeyError`): `name` is not registered (the message
+        lists the known names) or its spec cannot be imported.
     """
-    from sspo_jax.rewards.config import RewardConfig
-
-    cfg = cfg if cfg is not None else RewardConfig()
-    n = len(responses)
-    if len(golds) != n:
-        raise ValueError(f"got {n} responses but {len(golds)} gold answers")
-    for name, value in (("metas", metas), ("response_lengths", response_lengths), ("truncated", truncated)):
-        if value is not None and len(value) != n:
-            raise ValueError(f"got {len(value)} {name} for {n} responses")
-    total = np.zeros(n, dtype=np.float32)
-    per_function: dict[str, RewardOutput] = {}
-    for name, weight in cfg.weights:
-        out = get_reward(name)(responses, golds, metas=metas, response_lengths=response_lengths,
-                               truncated=truncated, cfg=cfg)
-        if out.scores.shape != (n,):
-            raise ValueError(f"reward {name!r} returned scores of shape {out.scores.shape}, expected ({n},)")
-        per_function[name] = out
-        total += np.float32(weight) * out.scores
-    return CombinedRewards(total=total, per_function=per_function, weights=cfg.weight_map)
-
-
-def _register_builtins() -> None:
-    from sspo_jax.rewards.answer_format import format_reward
-    from sspo_jax.rewards.exact_match import exact_match_reward
-    from sspo_jax.rewards.gym_tasks import reasoning_gym_reward
-    from sspo_jax.rewards.math_answer import math_reward
-    from sspo_jax.rewards.overlong import overlong_reward
-
-    for name, fn in (("math", math_reward), ("exact_match", exact_match_reward), ("format", format_reward),
-                     ("overlong", overlong_reward), ("reasoning_gym", reasoning_gym_reward)):
-        register_reward(name, fn)
-
-
-_register_builtins()
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    _load_builtins()
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if isinstance(name, str) and ":" in name:
+        return _from_spec(name)
+    raise UnknownRewardError(f"unknown reward {name!r}; known rewards: {sorted(_REGISTRY)} (register custom ones "
+                             "with register_reward, or name them as 'package.module:function')")

@@ -75,6 +75,23 @@ def verify_answer(
     return 1.0 if ok else 0.0
 
 
+MISSING_VALUE_GOLDS = ("nan",)
+"""Gold texts that are a missing value written out (a float NaN read from JSON or Parquet), not an answer."""
+
+
+def gold_parses(gold: str, timeout_s: int | None = None) -> bool:
+    """True when math-verify parses `gold` (as `verify_answer` would) into a math expression.
+
+    math-verify keeps the raw string as its only result when its LaTeX and expression parsers
+    both fail (``\\frac{{{``); a gold answer like that can never match a response. A gold text
+    that is a missing value (``nan``) does not parse either. Cached per process, like the gold
+    parse of `verify_answer`.
+    """
+    if gold.strip().lower() in MISSING_VALUE_GOLDS:
+        return False
+    return any(not isinstance(p, str) for p in _parse_gold_cached(as_latex_math(gold), timeout_s))
+
+
 def warm_up() -> int:
     """Import math-verify and sympy and parse once (pool start-up); returns the process id."""
     import os

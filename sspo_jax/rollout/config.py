@@ -8,7 +8,10 @@ from typing import Optional
 DEFAULT_PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
-class SamplingError(ValueError):
+from sspo_jax.errors import ConfigError  # noqa: E402
+
+
+class SamplingError(ConfigError):
     """An invalid sampling setting or an input that does not fit the configured buckets."""
 
 

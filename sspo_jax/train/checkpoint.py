@@ -34,14 +34,14 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from sspo_jax.algorithms.config import ConfigError
+from sspo_jax.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
 FINGERPRINT_KEY = "state_fingerprint"
 
 
-class CheckpointCorruptError(RuntimeError):
+class CheckpointCorruptError(CheckpointError):
     """A checkpoint's restored state does not match the fingerprint saved with it."""
 
 

@@ -65,6 +65,9 @@ class ModelConfig:
       logprob_chunk_size: sequence chunk of the vocabulary projection for log-probs and entropy.
       critic_path: checkpoint the critic's backbone starts from (PPO/SPPO); None = the policy's.
       critic_head_init_std: standard deviation of the critic head's fresh kernel.
+      stop_tokens_from_checkpoint: also stop generation at the eos ids of the checkpoint's
+        ``generation_config.json`` and ``config.json`` (e.g. ``<|im_end|>`` of chat models), merged
+        with ``sampling.eos_token_ids``; false = only the configured ids (or the tokenizer's eos).
     """
 
     path: str = "builtin:tiny-arith"
@@ -75,6 +78,7 @@ class ModelConfig:
     logprob_chunk_size: int = 256
     critic_path: Optional[str] = None
     critic_head_init_std: float = 1e-3
+    stop_tokens_from_checkpoint: bool = True
 
     def __post_init__(self) -> None:
         if not self.path:
@@ -97,6 +101,13 @@ class OptimConfig:
       eps: Adam's epsilon added to the denominator.
       max_grad_norm: clip the global gradient norm to this; None = no clipping.
       critic_lr: learning rate of the critic (PPO, SPPO).
+      moment_dtype: dtype of AdamW's first and second moments (policy and critic): ``float32``
+        (default: fp32 moments even over bf16 parameters), ``bfloat16`` (half the optimizer
+        memory, coarser moments), or null = each parameter's own dtype. Gradients are always
+        accumulated over micro-batches in fp32; the update is cast to the parameter dtype. With
+        ``model.dtype=bfloat16`` the weights themselves are bf16 (no fp32 master copy), so an
+        update below a weight's bf16 resolution (about 2^-8 of its magnitude) is rounded away;
+        fp32 weights with ``model.compute_dtype=bfloat16`` keep fp32 master weights.
     """
 
     lr: float = 1e-6
@@ -109,8 +120,12 @@ class OptimConfig:
     eps: float = 1e-8
     max_grad_norm: Optional[float] = 1.0
     critic_lr: float = 1e-5
+    moment_dtype: Optional[Literal["float32", "bfloat16"]] = "float32"
 
     def __post_init__(self) -> None:
+        if self.moment_dtype not in (None, "float32", "bfloat16"):
+            raise ConfigError(f"optim.moment_dtype={self.moment_dtype!r} must be float32, bfloat16 or null "
+                              "(= the parameter dtype)")
         if not self.lr > 0:
             raise ConfigError(f"optim.lr={self.lr} must be > 0")
         if not self.critic_lr > 0:
@@ -137,12 +152,21 @@ class LoopConfig:
       micro_batch_size: rows per gradient-accumulation micro-batch; None = the whole minibatch.
         The gradient is exactly that of the minibatch whatever this is.
       max_consecutive_skips: stop with an error after this many consecutive non-finite updates.
+      exact_on_policy_ratio: in an on-policy update (the first minibatch of the first epoch: the
+        parameters are still those that sampled the batch) the loss uses ``old_logp =
+        stop_gradient(logp)`` of its own forward, so every ratio is exactly 1 in any dtype (as verl
+        does); the stats pass's old log-probs are then used only by the later (off-policy)
+        minibatches and the drift metrics, and the stats pass skips them when nothing else needs
+        them (`sspo_jax.train.step.needs_policy_stats`). False: the first minibatch uses the stats
+        pass's log-probs, whose ratios differ from 1 by the numerics of two forwards (up to ~0.1 in
+        bf16 compute).
     """
 
     steps: int = 100
     seed: int = 0
     micro_batch_size: Optional[int] = None
     max_consecutive_skips: int = 3
+    exact_on_policy_ratio: bool = True
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -165,6 +189,8 @@ class EvalConfig:
       path: held-out JSONL/Parquet file for file sources (same fields as `data`); None = no
         evaluation for file sources.
       samples: k responses per problem at the sampling temperature for pass@k (0 = greedy only).
+      max_new_tokens: the response budget of evaluation; None = ``sampling.max_new_tokens``. Watch
+        ``eval/truncated_frac``: answers cut at the budget score 0.
       enabled: evaluate at all.
     """
 
@@ -174,6 +200,7 @@ class EvalConfig:
     reward: str = "math"
     path: Optional[str] = None
     samples: int = 0
+    max_new_tokens: Optional[int] = None
     enabled: bool = True
 
     def __post_init__(self) -> None:
@@ -183,6 +210,8 @@ class EvalConfig:
         for name in ("size", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"eval.{name}={getattr(self, name)} must be >= 1")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ConfigError(f"eval.max_new_tokens={self.max_new_tokens} must be None or >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,6 +307,41 @@ class TrainConfig:
                               f"or one named in rewards.weights {list(dict(self.rewards.weights))}")
         if not self.run_dir:
             raise ConfigError("run_dir is empty")
+        s = self.sampling
+        if s.top_k or s.top_p < 1 or s.temperature == 0:
+            raise ConfigError(
+                "training samples from the full softmax(logits / temperature): set sampling.top_k=0, "
+                "sampling.top_p=1 and sampling.temperature>0 (top-k/top-p distributions are not the policy "
+                "whose ratios the loss uses; evaluation is greedy regardless)")
+        if data.max_prompt_len > max(s.prompt_buckets):
+            raise ConfigError(f"data.max_prompt_len={data.max_prompt_len} exceeds the largest of sampling.prompt_buckets "
+                              f"{list(s.prompt_buckets)}: add a bucket >= {data.max_prompt_len} or lower "
+                              "data.max_prompt_len")
+        if alg.critic == "prompt":
+            self._check_prompt_critic_rewards()
+        if alg.overlong_buffer_frac is not None and "overlong" in dict(self.rewards.weights):
+            raise ConfigError("algorithm.overlong_buffer_frac and the 'overlong' reward in rewards.weights would "
+                              "penalise long responses twice: keep one (the algorithm's follows "
+                              "sampling.max_new_tokens; set algorithm.overlong_buffer_frac=null to use the reward)")
+
+    def _check_prompt_critic_rewards(self) -> None:
+        """SPPO's prompt critic fits the reward with a binary cross-entropy, which has a minimum only
+        for targets in [0, 1]: refuse what makes rewards leave that range (the run checks the actual
+        rewards of every step too)."""
+        weights = dict(self.rewards.weights)
+        why = None
+        if any(w < 0 for w in weights.values()):
+            why = f"rewards.weights has negative weights {({k: w for k, w in weights.items() if w < 0})}"
+        elif sum(weights.values()) > 1 + 1e-9:
+            why = f"rewards.weights sum to {sum(weights.values()):g} > 1"
+        elif "overlong" in weights:
+            why = "the 'overlong' reward in rewards.weights scores in [-1, 0]"
+        elif self.algorithm.overlong_buffer_frac is not None:
+            why = "algorithm.overlong_buffer_frac adds a negative length penalty"
+        if why is not None:
+            raise ConfigError(f"algorithm.critic='prompt' ({self.algorithm.name}) fits the reward with a binary "
+                              f"cross-entropy, which needs rewards in [0, 1], but {why}: use non-negative weights "
+                              "of [0, 1] rewards summing to at most 1, without length penalties")
 
     @property
     def rows(self) -> int:

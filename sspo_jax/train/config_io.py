@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -18,20 +19,54 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from sspo_jax.algorithms.config import ConfigError
+from sspo_jax.errors import ConfigError
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a mapping with the same key twice (YAML keeps the last
+    silently, so an earlier block would be dropped)."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"{loader.name}: line {key_node.start_mark.line + 1}: key {key!r} appears twice in "
+                              f"one mapping (first at line {seen[key] + 1}); merge the two blocks")
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def _config_dirs() -> tuple[Path, ...]:
+    """Where a relative ``include:`` is looked for after the including file's own directory: the
+    package's bundled ``configs/`` folder (a checkout's), so ``include: tiny_base.yaml`` works from
+    a user's file anywhere."""
+    root = Path(__file__).resolve().parents[2] / "configs"
+    return (root,) if root.is_dir() else ()
 
 
 def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Reads a YAML mapping; syntax errors name the file, line and column.
+    """Reads a YAML mapping; syntax errors and repeated keys name the file and line.
 
-    A top-level ``include: base.yaml`` (or a list of files), relative to this file, is read first
-    and deep-merged under this file's own keys.
+    A top-level ``include: base.yaml`` (or a list of files) is read first and deep-merged under
+    this file's own keys; a relative include is looked for next to this file, then in the
+    project's ``configs/`` folder. An empty file is an error (an empty mapping ``{}`` is not).
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        loader = _UniqueKeyLoader(text)
+        loader.name = str(path)
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -40,7 +75,7 @@ def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     if data is None:
-        return {}
+        raise ConfigError(f"{path}: the config file is empty; write its sections (or {{}} for every default)")
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
     data = dict(data)
@@ -50,6 +85,8 @@ def load_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for inc in [includes] if isinstance(includes, str) else list(includes):
         inc_path = (path.parent / str(inc)).resolve()
+        if not inc_path.is_file() and not Path(str(inc)).is_absolute():
+            inc_path = next((d / str(inc) for d in _config_dirs() if (d / str(inc)).is_file()), inc_path)
         if inc_path in _seen or inc_path == path.resolve():
             raise ConfigError(f"{path}: include {inc!r} forms a cycle")
         merged = deep_merge(merged, load_yaml(inc_path, (*_seen, path.resolve())))
@@ -179,9 +216,11 @@ def convert(tp, value, key: str):
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
             with contextlib.suppress(ValueError):
-                return float(value)
+                value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(value):  # .inf / .nan are YAML floats: a hyper-parameter is never one
+            raise ConfigError(f"{key}={value!r} must be a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

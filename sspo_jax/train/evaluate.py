@@ -14,8 +14,10 @@ import jax
 import numpy as np
 
 from sspo_jax.data import DataConfig, PromptBatch, PromptBatcher, build_source
-from sspo_jax.rewards import RewardConfig, compute_rewards, get_reward
+from sspo_jax.rewards import RewardConfig, RewardInput, get_reward
 from sspo_jax.rollout import GenerationResult, SamplingConfig, generate
+from sspo_jax.train import sample
+from sspo_jax.train.score import correctness_scores
 
 
 def eval_data_config(data: DataConfig, *, size: int, batch_size: int, path: str | None = None) -> DataConfig | None:
@@ -54,38 +56,19 @@ def build_eval_batches(data: DataConfig, tokenizer: Any, size: int) -> list[Prom
     return batches
 
 
-def decode_responses(tokenizer: Any, gen: GenerationResult) -> list[str]:
-    """Response texts of a generation result (tokens [B, P + N]), one per row.
-
-    Each row's first ``response_lengths[b]`` response tokens are decoded with special tokens
-    skipped (so the stop token is dropped); padding after them is excluded.
-    """
-    tokens = np.asarray(gen.tokens)
-    lengths = np.asarray(gen.response_lengths)
-    p = gen.prompt_len
-    return [tokenizer.decode(tokens[i, p:p + lengths[i]].tolist(), skip_special_tokens=True)
-            for i in range(tokens.shape[0])]
-
-
-def correctness(reward_name: str, texts: list[str], batch: PromptBatch, gen: GenerationResult,
+def correctness(reward_name: str, batch: PromptBatch, gen: GenerationResult, tokenizer: Any,
                 rewards: RewardConfig) -> np.ndarray:
-    """Scores of the correctness reward `reward_name`, float32 [N] (N = rows of `gen`).
-
-    Args:
-      reward_name: a registered reward (score 1 = correct).
-      texts: N decoded responses; batch: their prompts (golds and metas, one per row).
-      gen: the generation (response lengths and truncation flags for the reward).
-      rewards: reward settings; their weights are replaced by ``{reward_name: 1}``.
-    """
-    out = compute_rewards(texts, batch.golds, dataclasses.replace(rewards, weights=((reward_name, 1.0),)),
-                          metas=batch.metas, response_lengths=np.asarray(gen.response_lengths),
-                          truncated=np.asarray(gen.truncated))
-    return out.per_function[reward_name].scores
+    """Scores of the correctness reward `reward_name` (score 1 = correct), float32 [N] (N = rows of
+    `gen`, their prompts' golds and metas in `batch`); the reward's weight is replaced by 1."""
+    roll = sample.rollout_from_generation(gen)
+    inp = RewardInput(sample.decode_responses(tokenizer, roll), batch.golds, batch.metas, roll.lengths,
+                      roll.truncated)
+    return correctness_scores(reward_name, inp, rewards)
 
 
 def evaluate_policy(model_like, tokenizer: Any, batches: list[PromptBatch], sampling: SamplingConfig,
                     rewards: RewardConfig, *, reward_name: str = "math", samples: int = 0,
-                    seed: int = 0) -> dict[str, float]:
+                    seed: int = 0, max_new_tokens: int | None = None) -> dict[str, float]:
     """Greedy accuracy (and pass@`samples`) of a policy over `batches`.
 
     Args:
@@ -98,32 +81,39 @@ def evaluate_policy(model_like, tokenizer: Any, batches: list[PromptBatch], samp
       reward_name: the registered correctness reward (score 1 = correct).
       samples: k, sampled responses per problem for pass@k; 0 = greedy only.
       seed: PRNG seed of the sampling.
+      max_new_tokens: the response budget (None = ``sampling.max_new_tokens``).
     Returns:
-      ``eval/accuracy`` (greedy), ``eval/response_length``, ``eval/problems``, and with samples
+      ``eval/accuracy`` (greedy), ``eval/response_length``, ``eval/truncated_frac`` (greedy
+      responses cut at the budget), ``eval/problems``, and with samples
       ``eval/sampled_accuracy`` (mean over the k samples: pass@1 at the sampling temperature) and
       ``eval/pass@k``, as floats; empty when `batches` is.
     Raises:
-      KeyError: `reward_name` is not registered (before any generation).
+      UnknownRewardError (a `ConfigError` and a `KeyError`): `reward_name` is not registered
+        (before any generation).
     """
     get_reward(reward_name)  # a clear error for an unknown name before any generation
     if not batches:
         return {}
+    if max_new_tokens is not None:
+        sampling = sampling.replace(max_new_tokens=max_new_tokens)
     greedy = sampling.replace(temperature=0.0, top_k=0, top_p=1.0)
     key = jax.random.key(seed)
-    correct, lengths, passk = [], [], []
+    correct, lengths, passk, truncated = [], [], [], []
     for i, batch in enumerate(batches):
         gen = generate(model_like, batch.input_ids, batch.attention_mask, greedy, key)
-        correct.append(correctness(reward_name, decode_responses(tokenizer, gen), batch, gen, rewards))
+        correct.append(correctness(reward_name, batch, gen, tokenizer, rewards))
         lengths.append(np.asarray(gen.response_lengths))
+        truncated.append(np.asarray(gen.truncated))
         if samples:
             gen = generate(model_like, batch.input_ids, batch.attention_mask, sampling, jax.random.fold_in(key, i),
                            group_size=samples)
             rep = dataclasses.replace(batch, golds=[g for g in batch.golds for _ in range(samples)],
                                       metas=[m for m in batch.metas for _ in range(samples)])
-            scores = correctness(reward_name, decode_responses(tokenizer, gen), rep, gen, rewards)
+            scores = correctness(reward_name, rep, gen, tokenizer, rewards)
             passk.append(scores.reshape(-1, samples))
     out = {"eval/accuracy": float(np.mean(np.concatenate(correct))),
            "eval/response_length": float(np.mean(np.concatenate(lengths))),
+           "eval/truncated_frac": float(np.mean(np.concatenate(truncated))),
            "eval/problems": float(sum(len(c) for c in correct))}
     if passk:
         sampled = np.concatenate(passk)  # [problems, k]

@@ -59,7 +59,9 @@ class RolloutBatch:
         tokens (EOS included), False on prompt and padding.
       old_logp, entropy: fp32 ``log p(tokens[:, t] | tokens[:, :t])`` and the entropy of that
         next-token distribution under the behaviour policy (trainer forward); column 0 is 0.
-        Defined on every column; only `response_mask` positions are used.
+        Defined on every column; only `response_mask` positions are used. When the stats pass
+        skips them (`sspo_jax.train.step.needs_policy_stats` False), `old_logp` holds the
+        sampler's log-probs (read only for the drift metric) and `entropy` zeros.
       ref_logp: fp32 reference log-probs (zeros when the algorithm has no KL term).
       segment_ids: int32 subsentence ids (-1 off the response).
       advantages: fp32 per token (sequence advantages broadcast); only response positions used.
@@ -69,6 +71,8 @@ class RolloutBatch:
       last_prompt_index: int32 [N] column of the last prompt token (SPPO critic).
       entropy_stats: global-batch `EntropyStats` (float32 [] sums) for SSPO's entropy
         normalisation; not split with the rows.
+      entropy_threshold: float32 [], the global batch's entropy percentile of the top-entropy
+        mask (``algorithm.entropy_mask_percentile``); None without the mask. Not split either.
     """
 
     tokens: Array
@@ -84,6 +88,7 @@ class RolloutBatch:
     rewards: Array
     last_prompt_index: Array
     entropy_stats: EntropyStats
+    entropy_threshold: Optional[Array] = None
 
     @property
     def num_rows(self) -> int:
@@ -91,8 +96,22 @@ class RolloutBatch:
         return int(self.tokens.shape[0])
 
 
+GLOBAL_FIELDS = ("entropy_stats", "entropy_threshold")
+"""`RolloutBatch` fields that describe the whole batch and are never split with its rows."""
+
+
+def split_globals(batch: RolloutBatch) -> tuple[RolloutBatch, dict[str, Any]]:
+    """(`batch` with its `GLOBAL_FIELDS` set to None, so every leaf is per-row; those fields)."""
+    return (dataclasses.replace(batch, **{k: None for k in GLOBAL_FIELDS}),
+            {k: getattr(batch, k) for k in GLOBAL_FIELDS})
+
+
+def with_globals(rows: RolloutBatch, globals_: dict[str, Any]) -> RolloutBatch:
+    """The inverse of `split_globals`: per-row fields from `rows`, the global ones from `globals_`."""
+    return dataclasses.replace(rows, **globals_)
+
+
 def take_rows(batch: RolloutBatch, idx: Array) -> RolloutBatch:
-    """The rows `idx` (int [K]) of every per-row field: a batch of K rows (entropy_stats stays global)."""
-    fields = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
-    stats = fields.pop("entropy_stats")
-    return RolloutBatch(**{k: jnp.take(v, idx, axis=0) for k, v in fields.items()}, entropy_stats=stats)
+    """The rows `idx` (int [K]) of every per-row field: a batch of K rows (the `GLOBAL_FIELDS` stay)."""
+    rows, globals_ = split_globals(batch)
+    return with_globals(jax.tree.map(lambda v: jnp.take(v, idx, axis=0), rows), globals_)

@@ -7,8 +7,16 @@ forward pass, never materialising [N, T, V] logits.
 `make_update_fn` builds ``update(state, batch) -> (state, metrics)``: ``ppo_epochs`` passes, each
 over ``num_minibatches`` shuffled minibatches; a minibatch's gradient is accumulated over
 micro-batches as (sum of loss_sum gradients) / (sum of denominators), which is exactly the
-gradient of the whole minibatch for every aggregation mode. A minibatch whose loss or gradient is
-not finite is skipped (parameters and optimizer state unchanged) and counted.
+gradient of the whole minibatch for every aggregation mode, accumulated in fp32 whatever the
+parameter dtype. A minibatch whose loss or gradient is not finite is skipped (parameters and
+optimizer state unchanged) and counted.
+
+On-policy updates (the first minibatch of the first epoch) use ``old_logp = stop_gradient(logp)``
+of the update's own forward when ``exact_on_policy_ratio`` (ratio exactly 1 in any dtype; the
+stats pass's log-probs differ from the update's by the numerics of two forwards, up to ~0.1 in
+bf16 compute). `needs_policy_stats` says when the stats pass must still compute the behaviour
+log-probs; when it need not (one update per batch, no entropy-dependent loss), the update reports
+the sampler drift and the entropy from its own forward (`ONPOLICY_BATCH_METRICS`).
 """
 
 from __future__ import annotations
@@ -24,9 +32,27 @@ from flax import nnx
 from sspo_jax.algorithms import losses
 from sspo_jax.algorithms.config import AlgorithmConfig
 from sspo_jax.models.token_stats import token_logprobs_from_hidden
-from sspo_jax.train.state import RolloutBatch, TrainState
+from sspo_jax.train.state import RolloutBatch, TrainState, split_globals, with_globals
 
 Array = jax.Array
+_F32 = jnp.float32
+
+# Batch metrics that the update computes from its own forward when the stats pass skipped the
+# behaviour log-probs (`make_update_fn(old_logp_from_sampler=True)`); the same keys and meanings as
+# those of `sspo_jax.train.prepare.batch_metrics`, so the trainer reports them unprefixed.
+ONPOLICY_BATCH_METRICS = ("sampler_logp_abs_diff", "sampler_logp_abs_diff_max", "old_entropy_mean")
+
+
+def needs_policy_stats(alg: AlgorithmConfig, exact_on_policy_ratio: bool) -> bool:
+    """Whether the stats pass must compute the behaviour policy's log-probs and entropies.
+
+    They are needed unless every update of a batch is on-policy with the exact ratio
+    (``exact_on_policy_ratio`` and ``ppo_epochs * num_minibatches == 1``) and the loss needs no
+    entropy before it runs (``alg.uses_entropy``: SSPO's entropy-scaled bounds, top-entropy
+    masks). Reference log-probs (KL) and critic outputs are computed by the stats pass regardless.
+    """
+    off_policy = alg.ppo_epochs * alg.num_minibatches > 1
+    return (not exact_on_policy_ratio) or off_policy or alg.uses_entropy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +122,7 @@ def _micro_split(x: Array, n_micro: int) -> Array:
 
 
 def make_stats_fn(models: Models, alg: AlgorithmConfig, chunk_size: int, micro_rows: int,
-                  temperature: float = 1.0) -> Callable:
+                  temperature: float = 1.0, *, policy_stats: bool = True) -> Callable:
     """``stats(state, tokens, attention_mask, last_prompt_index) -> dict`` (jitted, no gradient).
 
     The rows are processed in ``max(N // micro_rows, 1)`` equal micro-batches with `lax.map`, so
@@ -108,15 +134,15 @@ def make_stats_fn(models: Models, alg: AlgorithmConfig, chunk_size: int, micro_r
       chunk_size: vocabulary-projection chunk, see `policy_token_stats`.
       micro_rows: rows per micro-batch.
       temperature: the sampling temperature (log-probs of the sampled distribution).
+      policy_stats: compute the behaviour policy's ``old_logp`` and ``entropy``; False skips
+        that forward when nothing needs it (`needs_policy_stats`).
     Returns:
       The jitted ``stats`` function. Its arguments: a `TrainState`, tokens int32 [N, T],
       attention_mask bool [N, T], last_prompt_index int32 [N]. Its dict holds fp32 ``old_logp``
-      and ``entropy`` [N, T] (the behaviour policy, always), ``ref_logp`` [N, T] (only with
+      and ``entropy`` [N, T] (the behaviour policy, with `policy_stats`), ``ref_logp`` [N, T] (only with
       ``kl_beta > 0``) and ``critic`` (only with a critic: token values [N, T] or prompt logits
       [N], see `critic_outputs`); see `policy_token_stats` for the masking convention.
     """
-    need_entropy = True  # always logged; SSPO also scales its clip bounds with it
-
     def stats(state: TrainState, tokens, attention_mask, last_prompt_index):
         n = tokens.shape[0]
         n_micro = max(n // micro_rows, 1)
@@ -124,8 +150,10 @@ def make_stats_fn(models: Models, alg: AlgorithmConfig, chunk_size: int, micro_r
 
         def one(x):
             tk, am, lpi = x
-            logp, ent = policy_token_stats(models.policy, state.params, tk, am, chunk_size, need_entropy, temperature)
-            out = {"old_logp": logp, "entropy": ent}
+            out = {}
+            if policy_stats:  # the entropy is always logged; SSPO also scales its clip bounds with it
+                out["old_logp"], out["entropy"] = policy_token_stats(models.policy, state.params, tk, am, chunk_size,
+                                                                     True, temperature)
             if alg.kl_beta > 0:
                 out["ref_logp"] = policy_token_stats(models.policy, state.ref_params, tk, am, chunk_size, False,
                                                      temperature)[0]
@@ -164,9 +192,32 @@ def _all_finite(tree) -> Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
+def _masked_mean(x: Array, valid: Array) -> Array:
+    return jnp.sum(jnp.where(valid, x, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def _masked_max(x: Array, valid: Array) -> Array:
+    """Largest `x` over `valid` positions of a non-negative quantity; 0 when none is valid."""
+    return jnp.max(jnp.where(valid, x, 0.0), initial=0.0)
+
+
+def _accumulate(acc, tree):
+    return jax.tree.map(lambda a, g: a + g.astype(_F32), acc, tree)
+
+
+def _f32_zeros(tree):
+    return jax.tree.map(lambda p: jnp.zeros(p.shape, _F32), tree)
+
+
+def _same_dtypes(new, old):
+    """`new` with the dtypes of `old` (an optimizer state keeps the dtypes its ``init`` gave it)."""
+    return jax.tree.map(lambda n, o: n.astype(o.dtype), new, old)
+
+
 def make_update_fn(models: Models, alg: AlgorithmConfig, policy_tx: optax.GradientTransformation,
                    critic_tx: optax.GradientTransformation | None, *, chunk_size: int, micro_rows: int,
-                   temperature: float = 1.0, donate: bool = True) -> Callable:
+                   temperature: float = 1.0, donate: bool = True, exact_on_policy_ratio: bool = True,
+                   old_logp_from_sampler: bool = False) -> Callable:
     """``update(state, batch) -> (state, metrics)``, jitted with the state donated.
 
     For each of ``alg.ppo_epochs`` epochs the batch's N rows are shuffled (a permutation drawn
@@ -174,10 +225,18 @@ def make_update_fn(models: Models, alg: AlgorithmConfig, policy_tx: optax.Gradie
     ``alg.num_minibatches`` minibatches, each into micro-batches of `micro_rows` rows (N a
     multiple of ``num_minibatches * micro_rows``; the trainer config validates this). Per
     minibatch the policy gradient is ``sum_micro grad(loss_sum) / max(sum_micro denominator, 1)``
-    (exact for every aggregation mode), and likewise for the critic loss
-    (`losses.clipped_value_loss` or `losses.bce_critic_loss`, times ``alg.value_coef``). A
-    minibatch whose loss or gradient is not finite leaves the parameters and optimizer states
-    unchanged.
+    (exact for every aggregation mode; the sums are fp32 whatever the parameter dtype), and
+    likewise for the critic loss (`losses.clipped_value_loss` or `losses.bce_critic_loss`, times
+    ``alg.value_coef``). The optimizer states keep the dtypes their ``init`` gave them (see
+    `sspo_jax.train.optim.with_moment_dtype` for choosing them). A minibatch whose loss or
+    gradient is not finite leaves the parameters and optimizer states unchanged.
+
+    The first minibatch of the first epoch is on-policy (the parameters are those that produced
+    ``batch.old_logp``); with `exact_on_policy_ratio` its loss uses ``stop_gradient(logp)`` of its
+    own forward as the old log-probs, so its ratios are exactly 1 and its gradient is the
+    REINFORCE form ``-A * grad(logp)`` (plus KL), whatever the numerics of the stats pass.
+    Clip-Cov (``alg.uses_rng``) gets a key per micro-batch folded from the state's key (the
+    state's key advances as without it).
 
     Args:
       models: the static graph definitions.
@@ -187,21 +246,50 @@ def make_update_fn(models: Models, alg: AlgorithmConfig, policy_tx: optax.Gradie
       micro_rows: rows per micro-batch.
       temperature: the sampling temperature.
       donate: donate the input state's buffers to the output.
+      exact_on_policy_ratio: the exact ratio of the on-policy minibatch (above).
+      old_logp_from_sampler: the stats pass skipped the behaviour log-probs
+        (``make_stats_fn(policy_stats=False)``, allowed only when `needs_policy_stats` is False)
+        and ``batch.old_logp`` holds the sampler's log-probs: the update then reports the
+        `ONPOLICY_BATCH_METRICS` (sampler drift, entropy) from its own forward.
     Returns:
       The jitted ``update(state: TrainState, batch: RolloutBatch)``. It returns the new state
       (``step + 1``, a fresh PRNG key) and float32 [] metrics: the mean over minibatch updates of
       ``loss``, ``grad_norm`` (before clipping), every `LossOutput.metrics` key (token-weighted
-      over micro-batches; ``*_min``/``*_max`` as extremes) and, with a critic, ``critic_loss``
+      over micro-batches; ``*_min``/``*_max`` as extremes), ``onpolicy_ratio_dev_max`` (the
+      largest ``|exp(logp - batch.old_logp) - 1|`` of a valid token in the on-policy minibatch:
+      the update's forward against the stats pass's; absent with `old_logp_from_sampler`) or the
+      `ONPOLICY_BATCH_METRICS` (with `old_logp_from_sampler`) and, with a critic, ``critic_loss``
       and ``critic_grad_norm``; ``skipped`` (number of non-finite minibatches) and ``updates``
       (number of minibatch updates).
+    Raises:
+      ValueError: `old_logp_from_sampler` where the loss needs the stats pass's log-probs.
     """
     has_critic = models.critic_kind != "none"
+    if old_logp_from_sampler and needs_policy_stats(alg, exact_on_policy_ratio):
+        raise ValueError("old_logp_from_sampler=True needs an update that never reads batch.old_logp: "
+                         "exact_on_policy_ratio, ppo_epochs * num_minibatches == 1 and no entropy-dependent loss")
 
-    def policy_micro(params, mb: RolloutBatch):
-        logp, _ = policy_token_stats(models.policy, params, mb.tokens, mb.attention_mask, chunk_size, False, temperature)
-        out = losses.policy_loss(alg, logp, mb.old_logp, mb.advantages, mb.response_mask,
+    def policy_micro(params, mb: RolloutBatch, on_policy: Array, key: Array):
+        logp, ent = policy_token_stats(models.policy, params, mb.tokens, mb.attention_mask, chunk_size,
+                                       old_logp_from_sampler, temperature)
+        lp_sg = jax.lax.stop_gradient(logp)
+        old = jnp.where(on_policy, lp_sg, mb.old_logp) if exact_on_policy_ratio else mb.old_logp
+        out = losses.policy_loss(alg, logp, old, mb.advantages, mb.response_mask,
                                  segment_ids=mb.segment_ids, entropy=mb.entropy if alg.uses_entropy else None,
-                                 ref_logp=mb.ref_logp if alg.kl_beta > 0 else None, entropy_stats=mb.entropy_stats)
+                                 ref_logp=mb.ref_logp if alg.kl_beta > 0 else None, entropy_stats=mb.entropy_stats,
+                                 rng=key if alg.uses_rng else None, entropy_threshold=mb.entropy_threshold)
+        valid = mb.response_mask.astype(bool)
+        extra = {}
+        if old_logp_from_sampler:  # on-policy by construction: this forward is the behaviour policy's
+            drift = jnp.abs(lp_sg - mb.old_logp)
+            extra = {"sampler_logp_abs_diff": _masked_mean(drift, valid),
+                     "sampler_logp_abs_diff_max": _masked_max(drift, valid),
+                     "old_entropy_mean": _masked_mean(jax.lax.stop_gradient(ent), valid)}
+        else:
+            lr = jnp.clip(lp_sg - mb.old_logp, -alg.log_ratio_clamp, alg.log_ratio_clamp)
+            dev = _masked_max(jnp.abs(jnp.exp(lr) - 1.0), valid)
+            extra = {"onpolicy_ratio_dev_max": jnp.where(on_policy, dev, 0.0)}
+        out = dataclasses.replace(out, metrics={**out.metrics, **{k: v.astype(_F32) for k, v in extra.items()}})
         return out.loss_sum, out
 
     def critic_micro(critic_params, mb: RolloutBatch):
@@ -212,38 +300,41 @@ def make_update_fn(models: Models, alg: AlgorithmConfig, policy_tx: optax.Gradie
             s, d = losses.bce_critic_loss(out, mb.rewards)
         return alg.value_coef * s, d
 
-    def minibatch_step(state: TrainState, mb: RolloutBatch):
+    def minibatch_step(state: TrainState, mb: RolloutBatch, on_policy: Array, mb_key: Array):
         n_micro = mb.tokens.shape[0] // micro_rows
-        stats = mb.entropy_stats
-        micro = jax.tree.map(lambda x: _micro_split(x, n_micro), dataclasses.replace(mb, entropy_stats=None))
+        rows, stats = split_globals(mb)
+        micro = jax.tree.map(lambda x: _micro_split(x, n_micro), rows)
 
-        def body(carry, m):
+        def body(carry, xs):
+            m, i = xs
             g_acc, s_acc, d_acc, metrics, w_acc, cg_acc, cs_acc, cd_acc = carry
-            m = dataclasses.replace(m, entropy_stats=stats)
-            (s, out), g = jax.value_and_grad(policy_micro, has_aux=True)(state.params, m)
-            g_acc = jax.tree.map(jnp.add, g_acc, g)
+            m = with_globals(m, stats)
+            (s, out), g = jax.value_and_grad(policy_micro, has_aux=True)(state.params, m, on_policy,
+                                                                         jax.random.fold_in(mb_key, i))
+            g_acc = _accumulate(g_acc, g)
             metrics = _merge(metrics, out.metrics, out.num_tokens)
             if has_critic:
                 (cs, cd), cg = jax.value_and_grad(critic_micro, has_aux=True)(state.critic_params, m)
-                cg_acc, cs_acc, cd_acc = jax.tree.map(jnp.add, cg_acc, cg), cs_acc + cs, cd_acc + cd
+                cg_acc, cs_acc, cd_acc = _accumulate(cg_acc, cg), cs_acc + cs, cd_acc + cd
             return (g_acc, s_acc + s, d_acc + out.denominator, metrics, w_acc + out.num_tokens,
                     cg_acc, cs_acc, cd_acc), None
 
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
-        czeros = jax.tree.map(jnp.zeros_like, state.critic_params) if has_critic else None
-        first = dataclasses.replace(jax.tree.map(lambda x: x[0], micro), entropy_stats=stats)
-        metric_keys = jax.eval_shape(lambda: policy_micro(state.params, first)[1].metrics)
+        zeros = _f32_zeros(state.params)
+        czeros = _f32_zeros(state.critic_params) if has_critic else None
+        first = with_globals(jax.tree.map(lambda x: x[0], micro), stats)
+        metric_keys = jax.eval_shape(lambda: policy_micro(state.params, first, on_policy, mb_key)[1].metrics)
         init_metrics = {k: (jnp.full((), jnp.inf) if k.endswith("_min") else
                             jnp.full((), -jnp.inf) if k.endswith("_max") else jnp.zeros(()))
                         for k in metric_keys}
-        f0 = jnp.zeros((), jnp.float32)
+        f0 = jnp.zeros((), _F32)
         (g, s, d, metrics, w, cg, cs, cd), _ = jax.lax.scan(
-            body, (zeros, f0, f0, init_metrics, f0, czeros, f0, f0), micro)
+            body, (zeros, f0, f0, init_metrics, f0, czeros, f0, f0), (micro, jnp.arange(n_micro)))
         denom = jnp.maximum(d, 1.0)
         grads = jax.tree.map(lambda x: x / denom, g)
         loss = s / denom
         finite = jnp.isfinite(loss) & _all_finite(grads)
         updates, new_opt = policy_tx.update(grads, state.opt_state, state.params)
+        new_opt = _same_dtypes(new_opt, state.opt_state)
         new_params = optax.apply_updates(state.params, updates)
         out_metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **_finalise(metrics, w)}
         if has_critic:
@@ -251,6 +342,7 @@ def make_update_fn(models: Models, alg: AlgorithmConfig, policy_tx: optax.Gradie
             cgrads = jax.tree.map(lambda x: x / cdenom, cg)
             finite = finite & jnp.isfinite(cs) & _all_finite(cgrads)
             cupdates, new_copt = critic_tx.update(cgrads, state.critic_opt_state, state.critic_params)
+            new_copt = _same_dtypes(new_copt, state.critic_opt_state)
             new_cparams = optax.apply_updates(state.critic_params, cupdates)
             out_metrics["critic_loss"] = cs / cdenom
             out_metrics["critic_grad_norm"] = optax.tree.norm(cgrads)
@@ -259,24 +351,29 @@ def make_update_fn(models: Models, alg: AlgorithmConfig, policy_tx: optax.Gradie
         if has_critic:
             state = state.replace(critic_params=keep(new_cparams, state.critic_params),
                                   critic_opt_state=keep(new_copt, state.critic_opt_state))
-        out_metrics["skipped"] = (~finite).astype(jnp.float32)
+        out_metrics["skipped"] = (~finite).astype(_F32)
         return state, out_metrics
 
     def update(state: TrainState, batch: RolloutBatch):
         n = batch.tokens.shape[0]
         n_mb = alg.num_minibatches
         key, shuffle_key = jax.random.split(state.key)
+        loss_key = jax.random.fold_in(state.key, 0x5EED)  # Clip-Cov's picks; independent of the shuffle
         all_metrics = []
         for epoch in range(alg.ppo_epochs):
             perm = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n) if n_mb > 1 else jnp.arange(n)
-            stats = batch.entropy_stats
+            rows, stats = split_globals(batch)
             shuffled = jax.tree.map(lambda x: jnp.take(x, perm, axis=0).reshape(n_mb, n // n_mb, *x.shape[1:]),
-                                    dataclasses.replace(batch, entropy_stats=None))
+                                    rows)
+            epoch_key = jax.random.fold_in(loss_key, epoch)
 
-            def mb_body(st, mb):
-                return minibatch_step(st, dataclasses.replace(mb, entropy_stats=stats))
+            def mb_body(st, xs, epoch=epoch, epoch_key=epoch_key):
+                mb, j = xs
+                on_policy = (j == 0) & (epoch == 0)  # the parameters that produced the batch
+                return minibatch_step(st, with_globals(mb, stats), on_policy,
+                                      jax.random.fold_in(epoch_key, j))
 
-            state, metrics = jax.lax.scan(mb_body, state, shuffled)
+            state, metrics = jax.lax.scan(mb_body, state, (shuffled, jnp.arange(n_mb)))
             all_metrics.append(metrics)
         stacked = jax.tree.map(lambda *xs: jnp.concatenate(xs), *all_metrics)  # [epochs * minibatches]
         summary = {}
@@ -289,7 +386,7 @@ def make_update_fn(models: Models, alg: AlgorithmConfig, policy_tx: optax.Gradie
                 summary[k] = jnp.sum(v)
             else:
                 summary[k] = jnp.mean(v)
-        summary["updates"] = jnp.asarray(stacked["loss"].shape[0], jnp.float32)
+        summary["updates"] = jnp.asarray(stacked["loss"].shape[0], _F32)
         state = state.replace(step=state.step + 1, rng=jax.random.key_data(key))
         return state, summary
 

@@ -380,7 +380,10 @@ def np_policy_terms(
     form = cfg["ratio_form"]
     for (b, k), ts in segments.items():
         if form == "sg":
-            # rho_t = exp(sg[L] + logp_t - sg[logp_t]): d rho_t / d logp_s = rho_t * [s == t]
+            # rho_t = exp(sg[L] + logp_t - sg[logp_t]): d rho_t / d logp_s = rho_t * [s == t];
+            # a segment at the clamp passes no gradient (verl's clamp acts on the ratio's value).
+            if clamped_seg[(b, k)]:
+                continue
             for t in ts:
                 grad[b, t] += weight[b, t] * dl_drho[b, t] * rho[b, t]
         elif form == "broadcast":

@@ -135,7 +135,9 @@ def test_permuting_tokens_inside_a_segment_changes_nothing():
         np.testing.assert_allclose(o1.metrics[key], o2.metrics[key], rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", presets.names())
+# Clip-Cov and the 80/20 mask drop tokens by design: on policy they are REINFORCE on the kept tokens
+# (tests/algorithms/test_neighbour_presets.py).
+@pytest.mark.parametrize("name", [n for n in presets.names() if n not in ("clip_cov", "top_entropy")])
 def test_on_policy_every_preset_is_reinforce(name):
     batch = random_batch(9)
     cfg = presets.get(name, kl_beta=0.0)
@@ -353,7 +355,7 @@ def test_finite_for_empty_rows_no_delimiters_and_extreme_log_ratios(inputs, name
 
     def f(lp):
         out = policy_loss(cfg, lp, jnp.asarray(old), jnp.asarray(adv), jnp.asarray(mask), segment_ids=seg,
-                          entropy=jnp.asarray(ent), ref_logp=jnp.asarray(old))
+                          entropy=jnp.asarray(ent), ref_logp=jnp.asarray(old), rng=jax.random.key(0))
         return out.loss, out.metrics
 
     (loss, metrics), grad = jax.value_and_grad(f, has_aux=True)(jnp.asarray(logp))

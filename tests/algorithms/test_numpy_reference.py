@@ -271,14 +271,14 @@ def test_segmented_loss_end_to_end(min_len, max_len):
 
 @pytest.mark.parametrize("form", ["sg", "broadcast"])
 def test_log_ratio_clamp_active(form):
-    """Segment log-ratios beyond the clamp: value exp(+-c); in the broadcast form the clamped
-    segments get no gradient; in the sg form the gradient is rho_t (the clamp acts inside sg)."""
+    """Segment log-ratios beyond the clamp: value exp(+-c); in both forms the clamped segments get
+    no gradient (issue 22: the sg form used to pass an exp(c)-scaled gradient there)."""
     c = 0.3
     cfg = _with_seg(
         presets.get("sspo", ratio_form=form, log_ratio_clamp=c, entropy_alpha=0.0),
         granularity="sequence",
     )
-    n_clamped_neg = 0  # clamped tokens with A < 0: the unclipped branch, where the forms differ
+    n_clamped_neg = 0  # clamped tokens with A < 0: the unclipped branch, where a gradient would flow
     for seed, (B, T) in enumerate([(3, 7), (5, 16), (5, 7)]):
         case, seg, adv = _case_away_from_kinks(cfg, 70 + seed, B, T, "tok", scale=1.5)
         exp = _compare(cfg, case, adv, seg)

@@ -10,7 +10,8 @@ from sspo_jax.algorithms import AlgorithmConfig, ConfigError, SegmentationConfig
 
 
 def test_every_preset_resolves_and_is_hashable():
-    assert presets.names() == ["dapo", "dr_grpo", "grpo", "gspo", "gspo_token", "ppo", "sppo", "sspo"]
+    assert presets.names() == ["cispo", "clip_cov", "dapo", "dr_grpo", "gmpo", "grpo", "gspo", "gspo_token",
+                               "kl_cov", "ppo", "sppo", "sspo", "top_entropy"]
     for name in presets.names():
         cfg = presets.get(name)
         assert cfg.name == name

@@ -52,7 +52,7 @@ def test_export_loads_in_transformers_with_identical_logits(trained_run, tmp_pat
     from flax import nnx
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sspo_jax.cli import _trainer_for_run
+    from sspo_jax.train.trainer import trainer_for_run as _trainer_for_run
 
     out = tmp_path / "hf"
     assert main(["export", "--checkpoint", str(trained_run / "checkpoints" / "2"), "--out", str(out)]) == 0

@@ -51,3 +51,21 @@ def test_paper_configs_need_their_paths_and_then_validate(path):
 def test_there_is_a_paper_config_for_every_preset_and_the_7b_sspo():
     names = {p.stem for p in CONFIGS.glob("qwen2.5-math-*.yaml")}
     assert {f"qwen2.5-math-1.5b_{p}" for p in presets.names()} | {"qwen2.5-math-7b_sspo"} <= names
+
+
+def test_the_readme_model_and_data_yaml_loads_as_printed(tmp_path):
+    """The README's "Bring your own model and data" block, with its paths pointing at real files."""
+    import re
+
+    from sspo_jax.train.config import load_config
+
+    readme = (CONFIGS.parent / "README.md").read_text()
+    section = readme[readme.index("## Bring your own model and data"):]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    for name in ("gsm8k_train.jsonl", "gsm8k_test.jsonl"):
+        (tmp_path / name).write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    text = block.replace("/data/", f"{tmp_path}/").replace("/models/", f"{tmp_path}/")
+    (tmp_path / "mine.yaml").write_text(text)
+    cfg = load_config(tmp_path / "mine.yaml")
+    assert cfg.model.path == f"{tmp_path}/Qwen2.5-Math-1.5B" and cfg.algorithm.name == "sspo"
+    assert cfg.data.max_prompt_len <= max(cfg.sampling.prompt_buckets) and cfg.eval.max_new_tokens == 1024

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from sspo_jax.cli import build_parser, main
-from sspo_jax.compare import command
-from sspo_jax.compare.plots import FIGURES
+from sspo_jax.tools.compare import command
+from sspo_jax.tools.compare.plots import FIGURES
 
 # Two real training subprocesses (JAX compilation dominates): ~45 s of CPU time in all, over the
 # project's 20 s mark for slow tests.

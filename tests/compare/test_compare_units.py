@@ -12,11 +12,11 @@ import pytest
 import yaml
 
 from sspo_jax.algorithms.config import ConfigError
-from sspo_jax.compare import runner
-from sspo_jax.compare.command import collect
-from sspo_jax.compare.report import render_report
-from sspo_jax.compare.spec import CollapseRule, CompareSpec, RunSpec, load_spec, override_string, spec_from_mapping
-from sspo_jax.compare.summary import (FAILED, FINISHED, aggregate, build_summary, collapse_reason, extract_series,
+from sspo_jax.tools.compare import runner
+from sspo_jax.tools.compare.command import collect
+from sspo_jax.tools.compare.report import render_report
+from sspo_jax.tools.compare.spec import CollapseRule, CompareSpec, RunSpec, load_spec, override_string, spec_from_mapping
+from sspo_jax.tools.compare.summary import (FAILED, FINISHED, aggregate, build_summary, collapse_reason, extract_series,
                                       first_reach, median_steps, seed_result)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,8 +101,8 @@ def test_aggregate_over_seeds():
 
 
 def test_reuse_summary_keeps_matching_labels_and_refuses_changed_ones():
-    from sspo_jax.compare.command import reuse_summarized
-    from sspo_jax.compare.summary import MISSING
+    from sspo_jax.tools.compare.command import reuse_summarized
+    from sspo_jax.tools.compare.summary import MISSING
 
     cfg = str(ROOT / "configs/tiny_sspo.yaml")
     old_spec = CompareSpec(name="t", runs=(RunSpec("a", cfg),), seeds=(0, 1), accuracy_threshold=0.5)
@@ -221,7 +221,7 @@ def test_a_bad_train_key_fails_before_training_naming_spec_label_and_key(tmp_pat
 
 @pytest.mark.parametrize("name", ["equal_eps", "paper_defaults", "stress"])
 def test_shipped_specs_load_and_every_run_config_validates(name, monkeypatch):
-    from sspo_jax.compare.spec import validate_train_configs
+    from sspo_jax.tools.compare.spec import validate_train_configs
 
     monkeypatch.chdir(ROOT)
     spec = load_spec(f"configs/compare/{name}.yaml")

@@ -5,6 +5,7 @@ runs chosen so that every preset's metric-relevant features are exercised."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 import textwrap
 from pathlib import Path
 
@@ -15,11 +16,13 @@ from sspo_jax.algorithms import presets
 from sspo_jax.rewards import RewardConfig, RewardOutput, register_reward
 from sspo_jax.train import Trainer
 from sspo_jax.train.logging_io import read_metrics
-from sspo_jax.train.reference_docs import (METRICS, DocsError, field_descriptions, glossary_entry,
-                                           render_configuration_reference, render_metrics_glossary)
+from sspo_jax.train import metric_names
 from tests.train.train_fixtures import fast_config, make_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))  # the doc generator is tooling, outside the package
+from reference_docs import (METRICS, DocsError, field_descriptions, glossary_entry,  # noqa: E402
+                            render_configuration_reference, render_metrics_glossary)
 
 
 def test_committed_configuration_reference_matches_the_dataclasses():
@@ -120,14 +123,16 @@ register_reward("docs_digit_share", _digit_share, overwrite=True)
 
 
 # Which metrics a run logs depends only on these properties of its algorithm (see
-# Trainer.step/_prepare and losses.policy_loss); three runs cover every preset's combination.
+# the train stages and losses.policy_loss); four runs cover every preset's combination.
 def _features(alg) -> set[str]:
     group = {"group_zscore": "group", "group_mean": "group", "rloo": "group"}.get(alg.advantage, alg.advantage)
     out = {f"critic:{alg.critic}", f"advantage:{group}"}
     out |= {name for name, on in (("kl", alg.kl_beta > 0), ("entropy", alg.uses_entropy),
                                   ("dynamic_sampling", alg.dynamic_sampling),
                                   ("overlong", alg.overlong_buffer_frac is not None),
-                                  ("minibatches", alg.num_minibatches > 1)) if on}
+                                  ("minibatches", alg.num_minibatches > 1),
+                                  ("covariance", alg.policy_loss_kind in ("clip_cov", "kl_cov")),
+                                  ("entropy_mask", alg.entropy_mask_percentile is not None)) if on}
     return out
 
 
@@ -137,7 +142,9 @@ def _features(alg) -> set[str]:
 RUNS = {
     "union": ("sspo", ["algorithm.kl_beta=0.04", "algorithm.dynamic_sampling=true",
                        "algorithm.overlong_buffer_frac=0.2", "algorithm.num_minibatches=2",
+                       "algorithm.entropy_mask_percentile=80",
                        "eval.samples=2", "eval.size=2", "eval.batch_size=2"]),
+    "clip_cov": ("clip_cov", ["eval.enabled=false"]),
     "ppo": ("ppo", ["eval.enabled=false"]),
     "sppo": ("sppo", ["eval.enabled=false"]),
 }
@@ -178,10 +185,15 @@ def test_every_logged_metric_is_in_the_glossary(logged_keys):
     for run, keys in logged_keys.items():
         missing = sorted(k for k in keys if glossary_entry(k) is None)
         assert not missing, (f"run {run!r} logs {missing}, which docs/metrics.md does not explain: add them "
-                             "to METRICS in sspo_jax/train/reference_docs.py and run scripts/gen_docs.py")
+                             "to METRICS in scripts/reference_docs.py and run scripts/gen_docs.py")
 
 
 def test_every_glossary_entry_is_logged_by_some_run(logged_keys):
     used = {glossary_entry(k) for keys in logged_keys.values() for k in keys}
     stale = sorted(set(METRICS) - used)
     assert not stale, textwrap.shorten(f"glossary entries no run logs (stale?): {stale}", 400)
+
+
+def test_every_metric_name_the_trainer_writes_has_a_glossary_entry():
+    missing = [name for name in metric_names.STEP_METRICS if glossary_entry(name) is None]
+    assert not missing, f"sspo_jax/train/metric_names.py names {missing}, which docs/metrics.md does not explain"

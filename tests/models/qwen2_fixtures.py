@@ -1,4 +1,5 @@
-"""Shared helpers for the model tests: tiny configs, padded batches, random Flax checkpoints."""
+"""Shared helpers for the model tests: tiny configs (every family), padded batches, random Flax
+checkpoints."""
 
 from __future__ import annotations
 
@@ -6,11 +7,22 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sspo_jax.models import Qwen2Config, Qwen2ForCausalLM, save_pretrained
+from sspo_jax.models import Llama3RopeScaling, Qwen2Config, Qwen2ForCausalLM, save_pretrained
 
 TINY = dict(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
             rope_theta=10_000.0)
+
+
+# Overrides that turn TINY into the other families: Qwen3 with a head_dim that is not
+# hidden // heads (4 x 12 = 48 != 32), Llama with llama3 RoPE scaling whose short original context
+# (16) remaps most of the 8 frequencies of a 16-wide head.
+FAMILIES = {
+    "qwen2": dict(),
+    "qwen3": dict(model_type="qwen3", head_dim=12),
+    "llama": dict(model_type="llama", rope_scaling=Llama3RopeScaling(
+        factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=16)),
+}
 
 
 def tiny_config(**overrides) -> Qwen2Config:
@@ -22,7 +34,7 @@ def random_policy(seed: int = 0, **overrides) -> Qwen2ForCausalLM:
     model = Qwen2ForCausalLM(tiny_config(**overrides), rngs=nnx.Rngs(seed))
     rng = np.random.default_rng(seed + 1)
     layers = model.model.layers
-    for name in ("q_bias", "k_bias", "v_bias", "input_norm", "post_norm"):
+    for name in ("q_bias", "k_bias", "v_bias", "input_norm", "post_norm", "q_norm", "k_norm"):
         if hasattr(layers, name):
             var = getattr(layers, name)
             base = 1.0 if name.endswith("norm") else 0.0

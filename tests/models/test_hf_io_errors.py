@@ -13,7 +13,7 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from sspo_jax.models import CheckpointError, ConfigError, from_pretrained, save_pretrained
+from sspo_jax.models import CheckpointError, ModelError, from_pretrained, save_pretrained
 from tests.models.qwen2_fixtures import random_policy, write_checkpoint
 
 
@@ -125,9 +125,11 @@ def test_shape_mismatch(tmp_path):
 def test_unsupported_model_type(tmp_path):
     write_checkpoint(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps({**cfg, "model_type": "llama"}))
-    with pytest.raises(ConfigError, match="unsupported model_type 'llama'"):
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "model_type": "mistral"}))
+    with pytest.raises(ModelError, match="unsupported model_type 'mistral'; "
+                       "sspo_jax.models supports qwen2, qwen3, llama$") as info:
         from_pretrained(tmp_path)
+    assert "\n" not in str(info.value)
 
 
 def test_unreadable_files(tmp_path):
@@ -142,12 +144,12 @@ def test_unreadable_files(tmp_path):
         from_pretrained(tmp_path / "empty")
 
     (tmp_path / "nocfg").mkdir()
-    with pytest.raises(ConfigError, match="cannot read .*config.json"):
+    with pytest.raises(ModelError, match="cannot read .*config.json"):
         from_pretrained(tmp_path / "nocfg")
 
     write_checkpoint(tmp_path / "badjson")
     (tmp_path / "badjson" / "config.json").write_text("{not json")
-    with pytest.raises(ConfigError, match="cannot read .*config.json"):
+    with pytest.raises(ModelError, match="cannot read .*config.json"):
         from_pretrained(tmp_path / "badjson")
 
     save_pretrained(random_policy(0), tmp_path / "shards", max_shard_bytes=20_000)

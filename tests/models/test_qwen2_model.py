@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from sspo_jax.models import (
-    ConfigError,
+    ModelError,
     Qwen2Config,
     Qwen2ForCausalLM,
     positions_from_mask,
@@ -87,7 +87,7 @@ def test_hidden_state_path_equals_full_logits():
     (dict(rope_theta=-1.0), "'rope_theta' must be a positive number"),
 ])
 def test_config_validation_names_the_key(change, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ModelError, match=message):
         tiny_config(**change)
 
 
@@ -99,10 +99,10 @@ def test_config_reads_both_rope_layouts():
     old = Qwen2Config.from_hf_dict({**base, "rope_theta": 5e5})
     assert new.rope_theta == old.rope_theta == 5e5
     assert new.head_dim == 8
-    with pytest.raises(ConfigError, match="sliding-window"):
+    with pytest.raises(ModelError, match="sliding-window"):
         Qwen2Config.from_hf_dict({**base, "use_sliding_window": True})
-    with pytest.raises(ConfigError, match="RoPE type 'yarn'"):
+    with pytest.raises(ModelError, match="RoPE type 'yarn'"):
         Qwen2Config.from_hf_dict({**base, "rope_parameters": {"rope_type": "yarn",
                                                               "rope_theta": 1e4}})
-    with pytest.raises(ConfigError, match="lacks required key.*intermediate_size"):
+    with pytest.raises(ModelError, match="lacks required key.*intermediate_size"):
         Qwen2Config.from_hf_dict({k: v for k, v in base.items() if k != "intermediate_size"})

@@ -20,3 +20,9 @@ def faulty_verify(prediction: str, gold: str, *args, **kwargs) -> float:
     if prediction == "raise":
         raise RuntimeError("the verifier broke")
     return verify_answer(prediction, gold, *args, **kwargs)
+
+
+def hang_forever(*args) -> float:
+    """Never returns (a verifier stuck in C code, as far as the pool can tell)."""
+    time.sleep(3600)
+    return 0.0

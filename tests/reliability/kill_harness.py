@@ -4,7 +4,7 @@
 
 ``SSPO_KILL_AT=PHASE:STEP`` chooses where the process dies (no hook when unset):
 
-- ``generate:K``   inside step K's rollout, before generation returns (`Trainer._collect`);
+- ``generate:K``   inside step K's rollout, before generation returns (the stage `sample.sample_rollout`);
 - ``update:K``     inside step K's update, after the jitted update ran but before the trainer
                    stores the new state (`Trainer.update_fn`);
 - ``checkpoint:K`` while the checkpoint of step K is being written: Orbax has started the save
@@ -57,14 +57,16 @@ def install(spec: str) -> None:
     Trainer.step = step_hook
 
     if phase == "generate":
-        real_collect = Trainer._collect
+        from sspo_jax.train import sample
 
-        def collect(self, key):
+        real_sample = sample.sample_rollout
+
+        def sample_rollout(*args, **kwargs):
             if current["step"] == step:
                 _die(f"generate {step}")
-            return real_collect(self, key)
+            return real_sample(*args, **kwargs)
 
-        Trainer._collect = collect
+        sample.sample_rollout = sample_rollout
     elif phase == "update":
         real_init = Trainer.__init__
 

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 import sspo_jax.rewards.math_answer as math_answer
-import sspo_jax.train.trainer as trainer_mod
-from sspo_jax.cli import _trainer_for_run
+import sspo_jax.train.build as build_stage
+import sspo_jax.train.sample as sample_stage
+from sspo_jax.train.trainer import trainer_for_run as _trainer_for_run
 from sspo_jax.rewards import RewardConfig, close_pools
 from sspo_jax.train import Trainer, TrainingError
 from sspo_jax.train.logging_io import read_metrics
@@ -102,25 +103,7 @@ def test_training_after_a_fallback_equals_the_uninterrupted_run(model_dir, finis
     assert again.start_step == 3, "the re-written checkpoint 3 is readable"
 
 
-def test_every_checkpoint_unreadable_is_a_clear_error_not_a_fresh_start(finished_run, tmp_path, capsys):
-    run = _copy_run(finished_run, tmp_path)
-    for step in (1, 2, 3):
-        _garble(_data_files(run / "checkpoints" / str(step))[0])
-    rc, err = run_cli(["export", "--checkpoint", str(run), "--out", str(tmp_path / "out")], capsys)
-    assert rc == 2
-    assert "error: every checkpoint in" in err and "[1, 2, 3] is unreadable or corrupt" in err
-    assert "move that directory away" in err
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["1", "2", "3"], "nothing was deleted"
-
-
-def test_a_named_corrupt_checkpoint_is_a_clear_error(finished_run, tmp_path, capsys):
-    run = _copy_run(finished_run, tmp_path)
-    _garble(_data_files(run / "checkpoints" / "3")[0])
-    rc, err = run_cli(["export", "--checkpoint", str(run / "checkpoints" / "3"), "--out", str(tmp_path / "out")],
-                      capsys)
-    assert rc == 2 and "Traceback" not in err
-    assert f"error: checkpoint {run}/checkpoints/3 is unreadable or corrupt" in err
-    assert "choose another step of [1, 2, 3]" in err
+# every checkpoint unreadable, and a named one unreadable at export: test_reliability_run_guards.py
 
 
 # ---- reward verifiers that hang or crash --------------------------------------------------------
@@ -135,7 +118,7 @@ def _fake_responses(monkeypatch, trainer, texts_for):
         return captured["batch"]
 
     monkeypatch.setattr(trainer.batcher, "next_batch", next_batch)
-    monkeypatch.setattr(trainer_mod, "decode_responses", lambda tok, gen: texts_for(captured["batch"].golds))
+    monkeypatch.setattr(sample_stage, "decode_responses", lambda tok, roll: texts_for(captured["batch"].golds))
 
 
 def test_hanging_crashing_and_raising_verifiers_are_cut_off_scored_0_and_counted(live_trainer, monkeypatch):
@@ -204,7 +187,7 @@ def test_full_disk_fails_before_training(model_dir, tmp_path, empty_config, caps
 def test_too_little_space_for_one_checkpoint_fails_before_training(model_dir, tmp_path, empty_config, capsys,
                                                                     monkeypatch):
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(trainer_mod.shutil, "disk_usage", lambda p: usage._replace(free=100_000))
+    monkeypatch.setattr(build_stage.shutil, "disk_usage", lambda p: usage._replace(free=100_000))
     rc, err = run_cli(train_argv(model_dir, tmp_path / "run", empty_config), capsys)
     assert rc == 2
     assert "has 0.1 MiB free, but one checkpoint needs about" in err and "free disk space" in err

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sspo_jax.cli import _trainer_for_run
+from sspo_jax.train.trainer import trainer_for_run as _trainer_for_run
 from sspo_jax.train.logging_io import read_metrics
 from tests.reliability.conftest import leaves
 from tests.train.train_fixtures import fast_overrides

@@ -16,6 +16,7 @@ from sspo_jax.algorithms import policy_loss, presets, segment_ids
 from sspo_jax.algorithms.config import LOSS_AGG_MODES
 from sspo_jax.rewards import RewardConfig
 from sspo_jax.train import Trainer
+from sspo_jax.train import prepare
 from sspo_jax.train.config import LoopConfig
 from sspo_jax.train.logging_io import read_metrics
 from tests.reliability.conftest import leaves, run_config
@@ -140,36 +141,37 @@ def test_eos_first_responses_train_without_nan(live_trainer, monkeypatch):
     assert metrics["response_length/max"] == 1.0 and metrics["truncated_frac"] == 0.0
 
 
-def test_all_truncated_batch_with_masked_truncation_is_finite(live_trainer, monkeypatch):
+def _staged_update(trainer, *, alg=None, edit_scored=lambda r: r, edit_batch=lambda b: b):
+    """One RL step through the stage functions (collect -> prepare -> update), with the scored rows
+    and the device batch edited on the way; returns (scored rows, update metrics as floats)."""
+    alg = alg or trainer.cfg.algorithm
+    key, _ = jax.random.split(jax.random.fold_in(trainer.state.key, 17))
+    scored = edit_scored(trainer.collect(key)[0])
+    batch, _ = prepare.prepare_batch(scored, trainer.state, prepare.PrepareFns(trainer.stats_fn, trainer.segment_fn),
+                                     trainer.rows, alg)
+    trainer.state, upd = trainer.update_fn(trainer.state, edit_batch(batch))
+    return scored, {k: float(v) for k, v in upd.items()}
+
+
+def test_all_truncated_batch_with_masked_truncation_is_finite(live_trainer):
     trainer = live_trainer
-    real_collect = trainer._collect
-
-    def collect(key):
-        roll, extra = real_collect(key)
-        return dataclasses.replace(roll, truncated=np.ones_like(roll.truncated)), extra
-
-    monkeypatch.setattr(trainer, "_collect", collect)
-    alg = trainer.cfg.algorithm.replace(mask_truncated=True)  # read on the host by _prepare
-    monkeypatch.setattr(trainer, "cfg", trainer.cfg.replace(algorithm=alg))
-    metrics = trainer.step(1)
-    _step_is_finite(metrics)
-    assert metrics["truncated_frac"] == 1.0
-    assert metrics["policy/loss"] == 0.0 and metrics["policy/grad_norm"] == 0.0
+    scored, upd = _staged_update(trainer, alg=trainer.cfg.algorithm.replace(mask_truncated=True),
+                                 edit_scored=lambda r: dataclasses.replace(r, truncated=np.ones_like(r.truncated)))
+    assert all(np.isfinite(v) for v in upd.values()), upd
+    assert float(scored.truncated.mean()) == 1.0
+    assert upd["loss"] == 0.0 and upd["grad_norm"] == 0.0
 
 
-def test_extreme_log_ratios_in_a_real_update_are_clamped(live_trainer, monkeypatch):
+def test_extreme_log_ratios_in_a_real_update_are_clamped(live_trainer):
     trainer = live_trainer
-    real_prepare = trainer._prepare
 
-    def prepare(roll):
-        batch, extra = real_prepare(roll)
-        shift = jnp.where(jnp.arange(batch.old_logp.shape[0])[:, None] % 2 == 0, 1e4, -1e4)
-        return dataclasses.replace(batch, old_logp=batch.old_logp + shift), extra
+    def shift(batch):
+        big = jnp.where(jnp.arange(batch.old_logp.shape[0])[:, None] % 2 == 0, 1e4, -1e4)
+        return dataclasses.replace(batch, old_logp=batch.old_logp + big)
 
-    monkeypatch.setattr(trainer, "_prepare", prepare)
     before = leaves(trainer.state.params)
-    metrics = trainer.step(1)
-    _step_is_finite(metrics)
+    _, upd = _staged_update(trainer, edit_batch=shift)
+    assert all(np.isfinite(v) for v in upd.values()), upd
     after = leaves(trainer.state.params)
     assert all(np.all(np.isfinite(a)) for a in after)
     assert any(not np.array_equal(a, b) for a, b in zip(before, after))

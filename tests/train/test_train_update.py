@@ -57,7 +57,9 @@ def _batch(models, params, alg, seed=0) -> RolloutBatch:
 
 def _sgd_step(models, params, alg, batch, micro_rows):
     tx = optax.sgd(1.0)  # the parameter change is exactly minus the gradient
-    update = make_update_fn(models, alg, tx, None, chunk_size=4, micro_rows=micro_rows, donate=False)
+    # the shifted behaviour log-probs of _batch must reach the loss (they exercise the clip branches)
+    update = make_update_fn(models, alg, tx, None, chunk_size=4, micro_rows=micro_rows, donate=False,
+                            exact_on_policy_ratio=False)
     state = TrainState(step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(jax.random.key(0)), params=params,
                        opt_state=tx.init(params))
     new, metrics = update(state, batch)

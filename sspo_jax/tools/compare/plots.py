@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from sspo_jax.compare.summary import as_float
+from sspo_jax.tools.compare.summary import as_float
 
 DPI = 100
 FIGURES = {

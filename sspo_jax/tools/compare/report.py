@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from sspo_jax.compare.plots import FIGURES
-from sspo_jax.compare.summary import FAILED, as_float
+from sspo_jax.tools.compare.plots import FIGURES
+from sspo_jax.tools.compare.summary import FAILED, as_float
 
 
 def fmt_acc(x: Any) -> str:

@@ -30,7 +30,7 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-from sspo_jax.algorithms.config import ConfigError
+from sspo_jax.errors import ConfigError
 
 DEFAULT_ACCURACY_KEY = "eval/accuracy"
 LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

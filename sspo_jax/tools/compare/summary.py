@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from sspo_jax.compare.spec import CollapseRule, CompareSpec
+from sspo_jax.tools.compare.spec import CollapseRule, CompareSpec
 
 FORMAT_VERSION = 1
 
@@ -332,7 +332,7 @@ def write_summary(summary: dict[str, Any], out_dir: Path) -> Path:
 
 def read_summary(path: Path) -> dict[str, Any]:
     """Reads a summary.json written by `write_summary`; ConfigError naming the file when missing or malformed."""
-    from sspo_jax.algorithms.config import ConfigError
+    from sspo_jax.errors import ConfigError
 
     if not path.is_file():
         raise ConfigError(f"{path} does not exist: run the comparison (or --report-only over its runs) first")

@@ -325,6 +325,14 @@ METRICS: dict[str, tuple[str, str]] = {
     "reward/<name>/timeouts": ("always", "responses whose verification by `<name>` timed out (counted as 0)."),
     "reward/<name>/no_answer": ("always", "responses with no answer in the form `<name>` expects (scored 0; "
                                           "not an error)."),
+    "reward/<name>/gold_unparsed": ("always", "responses whose gold answer `<name>` cannot parse (math-verify: "
+                                              "malformed LaTeX, NaN; scored 0); above "
+                                              "`rewards.max_gold_unparsed_frac` of a step's responses the run "
+                                              "stops naming the data file and line of one."),
+    "data/prompts_truncated": ("always", "prompts of the step cut to their last `data.max_prompt_len` tokens "
+                                         "(`data.overlong_prompt=truncate`); the run's total is in summary.json."),
+    "data/prompts_rejected": ("always", "over-long prompts skipped while filling the step's batch "
+                                        "(`data.overlong_prompt=reject`); the run's total is in summary.json."),
     "reward/overlong_penalty_mean": ("`algorithm.overlong_buffer_frac` set (DAPO)",
                                      "mean soft overlong penalty added to the reward (in [-factor, 0])."),
     "accuracy": ("always", "fraction of the step's responses that the correctness reward (`eval.reward`) "
@@ -351,27 +359,49 @@ METRICS: dict[str, tuple[str, str]] = {
     "advantage/max": ("always", "largest advantage of a valid response token."),
     "sampler_logp_abs_diff": ("always", "mean |logp_old - logp_sampler| over valid tokens: the trainer's forward "
                                         "vs the sampler's log-probs (should be ~0; large values mean the ratios "
-                                        "are off-policy)."),
+                                        "are off-policy). The stats pass's forward, or, when the stats pass skips "
+                                        "the old log-probs (one on-policy update per step with "
+                                        "`train.exact_on_policy_ratio` and no entropy-dependent loss), the "
+                                        "update's forward, which then is the old policy's."),
     "sampler_logp_abs_diff_max": ("always", "largest such difference of a token."),
     "old_entropy_mean": ("always", "mean entropy (nats) of the old policy's next-token distribution over valid "
-                                   "response tokens."),
+                                   "response tokens (from the same forward as `sampler_logp_abs_diff`)."),
     # the update (means over epochs x minibatches; _min/_max are extremes)
     "policy/loss": ("always", "policy loss loss_sum / denominator, mean over the step's minibatch updates."),
     "policy/grad_norm": ("always", "global norm of the policy gradient before clipping, mean over updates."),
     "policy/clip_frac_low": ("always", "fraction of valid tokens clipped at the lower bound (A < 0 and "
-                                       "rho < 1 - eps_low * g)."),
+                                       "rho < 1 - eps_low * g). GMPO: tokens whose log-ratio was clipped in log "
+                                       "space; CISPO: tokens whose weight was truncated below, whatever A's sign."),
     "policy/clip_frac_high": ("always", "fraction of valid tokens clipped at the upper bound (A > 0 and "
-                                        "rho > 1 + eps_high * g)."),
+                                        "rho > 1 + eps_high * g); GMPO and CISPO as for `clip_frac_low`."),
+    "policy/cov_selected_frac": ("`algorithm.policy_loss_kind` clip_cov or kl_cov",
+                                 "fraction of valid tokens the covariance rule selected: detached (Clip-Cov) or "
+                                 "KL-penalised (KL-Cov)."),
+    "policy/entropy_mask_frac": ("`algorithm.entropy_mask_percentile` set (top_entropy)",
+                                 "fraction of valid tokens at or above the batch's entropy percentile, the only "
+                                 "ones the policy term trains on."),
     "policy/clip_frac_dual": ("always", "fraction of valid tokens whose loss the dual clip capped at -c A "
                                         "(0 without `dual_clip`)."),
     "policy/seg_clip_frac_low": ("always", "fraction of segments (units of the ratio) with a token clipped low."),
     "policy/seg_clip_frac_high": ("always", "fraction of segments with a token clipped high."),
     "policy/escape_frac": ("always", "fraction of valid tokens whose own ratio exp(logp - logp_old) is past "
                            "the bound the clip enforces for their advantage's sign while their unit's ratio is not "
-                           "clipped: what a segment or sequence mean lets through (0 at token granularity)."),
+                           "clipped and the token guard did not stop it: what a segment or sequence mean lets "
+                           "through (0 at token granularity, and with `algorithm.token_guard`)."),
+    "policy/guard_frac_low": ("always", "fraction of valid tokens with A < 0 whose own ratio fell below "
+                                        "1 - e_lo_tok while their unit was not clipped: their gradient is stopped by "
+                                        "`algorithm.token_guard` (0 with the guard off)."),
+    "policy/guard_frac_high": ("always", "the same for A > 0 and a token ratio above 1 + e_hi_tok."),
+    "policy/guard_frac": ("always", "`policy/guard_frac_low` + `policy/guard_frac_high`."),
     "policy/ratio_mean": ("always", "mean importance ratio rho applied at valid tokens."),
     "policy/ratio_min": ("always", "smallest ratio applied at a valid token."),
     "policy/ratio_max": ("always", "largest ratio applied at a valid token."),
+    "policy/onpolicy_ratio_dev_max": ("the stats pass computed the old log-probs",
+                                      "largest |exp(logp - logp_old) - 1| of a valid token in the on-policy "
+                                      "minibatch (the first of the first epoch): the update's forward against the "
+                                      "stats pass's, i.e. the numerics of two forwards (~0.1 in bf16 compute). With "
+                                      "`train.exact_on_policy_ratio` the loss does not see it (its ratios there are "
+                                      "exactly 1); without, this is how far from 1 its on-policy ratios are."),
     "policy/approx_kl": ("always", "k3 estimate of KL(pi_old || pi_theta) over valid tokens (how far the update "
                                    "moved the policy)."),
     "policy/kl": ("`algorithm.kl_beta > 0` (GRPO)", "mean per-token KL penalty to the reference policy "
@@ -404,6 +434,9 @@ METRICS: dict[str, tuple[str, str]] = {
     # evaluation
     "eval/accuracy": ("evaluation steps", "greedy held-out accuracy (mean of the `eval.reward` score)."),
     "eval/response_length": ("evaluation steps", "mean greedy response length on the held-out set (tokens)."),
+    "eval/truncated_frac": ("evaluation steps", "fraction of greedy held-out responses cut at the evaluation budget "
+                                                "(`eval.max_new_tokens`, else `sampling.max_new_tokens`) without a "
+                                                "stop token; such answers usually score 0."),
     "eval/problems": ("evaluation steps", "number of held-out problems evaluated."),
     "eval/sampled_accuracy": ("evaluation steps with `eval.samples > 0`",
                               "mean accuracy of the k sampled responses per problem (pass@1 at the sampling "
@@ -437,6 +470,7 @@ def render_metrics_glossary() -> str:
         ("Advantages and rollout statistics", ("zero_variance_group_frac", "value_mean", "critic_value_mean",
                                                "advantage/", "sampler_logp", "old_entropy_mean")),
         ("The update", ("policy/", "skipped_updates", "updates", "consecutive_skipped_steps", "lr")),
+        ("Prompts", ("data/",)),
         ("Timing", ("time/", "tokens_per_s")),
         ("Held-out evaluation", ("eval/",)),
         ("Record", ("step",)),
@@ -444,7 +478,7 @@ def render_metrics_glossary() -> str:
     out = [
         "# Metrics glossary",
         "",
-        "<!-- Generated by scripts/gen_docs.py from sspo_jax/train/reference_docs.py; do not edit by hand. -->",
+        "<!-- Generated by scripts/gen_docs.py from scripts/reference_docs.py; do not edit by hand. -->",
         "",
         "Every RL step appends one JSON object to `RUN_DIR/metrics.jsonl` (read it with "
         "`sspo_jax.train.logging_io.read_metrics(run_dir)`), and the same scalars go to TensorBoard "

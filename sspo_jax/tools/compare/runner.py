@@ -30,9 +30,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from sspo_jax.algorithms.config import ConfigError
-from sspo_jax.compare.spec import CompareSpec, run_overrides
-from sspo_jax.compare.summary import FAILED, FINISHED, INCOMPLETE, MISSING
+from sspo_jax.errors import ConfigError
+from sspo_jax.tools.compare.spec import CompareSpec, run_overrides
+from sspo_jax.tools.compare.summary import FAILED, FINISHED, INCOMPLETE, MISSING
 
 MARKER = "compare.json"
 STDOUT_LOG, STDERR_LOG = "compare_stdout.log", "compare_stderr.log"
@@ -117,7 +117,7 @@ def _write_marker(run_dir: Path, marker: dict[str, Any]) -> None:
 
 def is_finished(run_dir: Path, steps: int) -> bool:
     """The trainer wrote its summary for `steps` and metrics.jsonl holds that step."""
-    from sspo_jax.compare.summary import read_records
+    from sspo_jax.tools.compare.summary import read_records
 
     try:
         summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))

@@ -56,7 +56,7 @@ def _quick_overrides(args: argparse.Namespace) -> tuple[str, ...]:
     extra = list(args.set or [])
     if args.steps_override is not None:
         if args.steps_override < 1:
-            from sspo_jax.algorithms.config import ConfigError
+            from sspo_jax.errors import ConfigError
 
             raise ConfigError(f"--steps-override={args.steps_override} must be >= 1")
         extra.append(f"train.steps={args.steps_override}")
@@ -77,8 +77,8 @@ def default_dirs(name: str, overridden: bool, subset: bool) -> tuple[Path, Path]
 
 def collect(spec, tasks, records: dict[tuple[str, int], dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Per label, the per-seed records of summary.json, read from the run directories."""
-    from sspo_jax.compare import runner
-    from sspo_jax.compare.summary import as_float, extract_series, read_records, seed_result
+    from sspo_jax.tools.compare import runner
+    from sspo_jax.tools.compare.summary import as_float, extract_series, read_records, seed_result
 
     out: dict[str, list[dict[str, Any]]] = {r.label: [] for r in spec.runs}
     for task in tasks:
@@ -111,8 +111,8 @@ def reuse_summarized(spec, per_label: dict[str, list[dict[str, Any]]], prior: di
     seed asked for now. Anything else raises ConfigError naming the difference, since mixing two
     experiments in one table would be silent.
     """
-    from sspo_jax.algorithms.config import ConfigError
-    from sspo_jax.compare.summary import MISSING
+    from sspo_jax.errors import ConfigError
+    from sspo_jax.tools.compare.summary import MISSING
 
     before = {lab["label"]: lab for lab in prior.get("labels", [])}
     old_spec, now = prior.get("spec", {}), spec.to_mapping()
@@ -149,8 +149,8 @@ def reuse_summarized(spec, per_label: dict[str, list[dict[str, Any]]], prior: di
 
 def render(summary: dict[str, Any], out: Path) -> Path:
     """Figures and report.md of a summary into `out`; returns the report's path."""
-    from sspo_jax.compare.plots import plot_all
-    from sspo_jax.compare.report import render_report
+    from sspo_jax.tools.compare.plots import plot_all
+    from sspo_jax.tools.compare.report import render_report
 
     plot_all(summary, out)
     path = out / "report.md"
@@ -160,10 +160,10 @@ def render(summary: dict[str, Any], out: Path) -> Path:
 
 def run(args: argparse.Namespace, echo: Callable[[str], None] = print) -> int:
     """Runs `sspo-jax compare`: trains the spec's missing runs, then writes summary.json, the plots and report.md; exit code."""
-    from sspo_jax.compare.spec import load_spec
+    from sspo_jax.tools.compare.spec import load_spec
 
     if args.jobs < 1:
-        from sspo_jax.algorithms.config import ConfigError
+        from sspo_jax.errors import ConfigError
 
         raise ConfigError(f"--jobs={args.jobs} must be >= 1")
     full = load_spec(args.spec)
@@ -174,14 +174,14 @@ def run(args: argparse.Namespace, echo: Callable[[str], None] = print) -> int:
     out = Path(args.out) if args.out else out_default
 
     if args.from_summary:
-        from sspo_jax.compare.summary import read_summary
+        from sspo_jax.tools.compare.summary import read_summary
 
         path = render(read_summary(out / "summary.json"), out)
         echo(f"wrote {path} and its figures from {out / 'summary.json'}")
         return 0
 
-    from sspo_jax.compare import runner
-    from sspo_jax.compare.summary import build_summary, machine_info, write_summary
+    from sspo_jax.tools.compare import runner
+    from sspo_jax.tools.compare.summary import build_summary, machine_info, write_summary
 
     tasks = runner.plan(spec, runs_root, extra)  # validates every run's config first
     if args.dry_run:
@@ -204,11 +204,11 @@ def run(args: argparse.Namespace, echo: Callable[[str], None] = print) -> int:
         echo(f"warning: no run of {spec.name} exists under {runs_root}: the report lists every run as missing")
     reused: dict[str, dict[str, Any]] = {}
     if args.reuse_summary:
-        from sspo_jax.compare.summary import read_summary
+        from sspo_jax.tools.compare.summary import read_summary
 
         prior_path = out / "summary.json"
         if not prior_path.is_file():
-            from sspo_jax.algorithms.config import ConfigError
+            from sspo_jax.errors import ConfigError
 
             raise ConfigError(f"--reuse-summary: {prior_path} does not exist")
         reused = reuse_summarized(spec, per_label, read_summary(prior_path), extra)

@@ -8,6 +8,6 @@ Modules: `spec` (the YAML spec and its validation), `runner` (subprocesses, resu
 (figures and markdown from summary.json alone), `command` (the CLI subcommand).
 """
 
-from sspo_jax.compare.spec import CollapseRule, CompareSpec, RunSpec, load_spec, spec_from_mapping
+from sspo_jax.tools.compare.spec import CollapseRule, CompareSpec, RunSpec, load_spec, spec_from_mapping
 
 __all__ = ["CollapseRule", "CompareSpec", "RunSpec", "load_spec", "spec_from_mapping"]
