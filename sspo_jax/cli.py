@@ -47,7 +47,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append("logging.progress=false")
     cfg = load_config(args.config, overrides)
     initialize(cfg.distributed)  # multi-host jobs: before any JAX computation; one process: nothing
-    from sspo_jax.train.trainer import TrainingStopped
+    from sspo_jax.train.signals import TrainingStopped
 
     try:
         summary = train(cfg, allow_config_change=tuple(args.allow_config_change or ()))

@@ -167,12 +167,15 @@ class VerifierPool:
             return
         self._collect_pids()
         children = {p.pid: p for p in multiprocessing.active_children()}
-        for pid in self._pids:
-            if pid in children:
-                children[pid].kill()
-        for pid in self._pids:
-            if pid in children:
-                children[pid].join(timeout=10)
+        targets = {pid: children[pid] for pid in self._pids if pid in children}
+        # and every worker the executor started, also one that has not reported its pid yet (still
+        # starting when its first item's deadline passed): left alive, it would take the next queued
+        # item, and a hung item would then block `shutdown` forever
+        targets.update(dict(getattr(executor, "_processes", None) or {}))
+        for proc in targets.values():
+            proc.kill()
+        for proc in targets.values():
+            proc.join(timeout=10)
         executor.shutdown(wait=True, cancel_futures=True)
         if self._pid_queue is not None:
             self._pid_queue.close()

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from sspo_jax.errors import CheckpointError, ConfigError
+from sspo_jax.errors import CheckpointError, ConfigError, TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +180,19 @@ class Checkpointer:
                             self.directory, step, skipped)
             return step, state, meta
         return None
+
+    def save_or_explain(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+        """`save`, with any failure (disk full, lost mount, permissions) turned into a `TrainingError`
+        that says how to recover: the previous checkpoints are intact and training resumes from them."""
+        try:
+            self.save(step, state, meta)
+        except Exception as err:  # noqa: BLE001 - stop with a clear error
+            msg = " ".join(str(err).split())
+            full = "No space left on device" in msg or "os_error_code='28'" in msg
+            msg = "the disk is full: No space left on device" if full else msg[:400]
+            raise TrainingError(f"cannot write the checkpoint of step {step} to {self.directory} ({msg}); free disk "
+                                "space (or fix the directory) and run the same command again: training resumes "
+                                "from the newest complete checkpoint") from err
 
     def close(self) -> None:
         """Waits for pending work and releases Orbax's resources."""

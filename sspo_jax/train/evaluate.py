@@ -41,6 +41,15 @@ def eval_data_config(data: DataConfig, *, size: int, batch_size: int, path: str 
     return None
 
 
+def eval_batches_for(cfg: Any, tokenizer: Any) -> list[PromptBatch]:
+    """The held-out prompt batches of a `TrainConfig` (empty when evaluation is off or a file
+    source has no ``eval.path``)."""
+    if not cfg.eval.enabled:
+        return []
+    data = eval_data_config(cfg.data, size=cfg.eval.size, batch_size=cfg.eval.batch_size, path=cfg.eval.path)
+    return build_eval_batches(data, tokenizer, cfg.eval.size) if data is not None else []
+
+
 def build_eval_batches(data: DataConfig, tokenizer: Any, size: int) -> list[PromptBatch]:
     """About `size` problems of `data` as prompt batches (one response row per problem).
 

@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from sspo_jax.errors import ConfigError, one_line
+from sspo_jax.errors import CheckpointError, ConfigError, one_line
 from sspo_jax.train.checkpoint import Checkpointer
-from sspo_jax.train.config import TrainConfig, config_to_mapping
+from sspo_jax.train.config import TrainConfig, config_to_mapping, load_config
 
 
 def checkpoint_meta(cfg: TrainConfig, step: int, data_cursor: dict, model_config: Any,
@@ -265,3 +265,30 @@ def restore_checkpoint(checkpointer: Checkpointer, template: Any, model_config: 
             raise ConfigError(f"checkpoint {where}/{step} is unreadable or corrupt ({one_line(err, 300)}); choose "
                               f"another step of {checkpointer.steps()}") from None
     return step, state, meta
+
+
+def resumed_trainer(trainer_cls: Any, path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Any:
+    """A `Trainer` resumed from a run's checkpoint (``RUN_DIR`` = the newest, ``RUN_DIR/checkpoints/STEP``),
+    with the run's own config: to continue training it or to inspect its full state (optimizer
+    state and data cursor included). For inference use `sspo_jax.train.load_run`, which reads far less.
+
+    Raises:
+      CheckpointError: the run holds no checkpoint.
+    """
+    from sspo_jax.train.load_run import split_run_path
+
+    run, step = split_run_path(path)
+    cfg = load_config(run / "config.yaml", ["logging.progress=false", "logging.tensorboard=false", *overrides])
+    trainer = trainer_cls(cfg, run, echo=lambda s: None, resume=True, resume_step=step)
+    if trainer.start_step == 0:
+        trainer.close()
+        raise CheckpointError(f"{run} holds no checkpoint to resume from")
+    return trainer
+
+
+def announce_changes(changes: list, step: int, run_dir: Path, echo: Any) -> None:
+    """One console line per config change accepted on resuming from checkpoint `step`."""
+    for change in changes:
+        why = "safe to change" if change.safe else "allowed by --allow-config-change"
+        echo(f"config changed since checkpoint {step}: {change.describe()} ({why}; recorded in "
+             f"{run_dir / CHANGES_FILE})")

@@ -20,6 +20,7 @@ from typing import Any, Optional
 import numpy as np
 
 from sspo_jax.data import PromptBatch
+from sspo_jax.errors import TrainingError
 from sspo_jax.errors import DataError
 from sspo_jax.rewards import RewardConfig, RewardInput, compute_rewards
 from sspo_jax.train import sample as sample_stage
@@ -93,3 +94,15 @@ def score_rollout(rollout: Rollout, batch: PromptBatch, tokenizer: Any, spec: Sc
         check_gold_answers(alone, list(batch.golds), list(batch.metas), spec.rewards)
         correct = alone.per_function[spec.correctness].scores
     return with_rewards(rollout, rewards, correct, metrics)
+
+
+def check_reward_range(cfg: Any, rewards: Any, step: int) -> None:
+    """SPPO's prompt critic is trained with a binary cross-entropy on the rewards, which has no
+    minimum outside [0, 1]: a `TrainingError` when a step's rewards leave that range."""
+    if cfg.algorithm.critic != "prompt" or not len(rewards):
+        return
+    low, high = float(np.min(rewards)), float(np.max(rewards))
+    if low < 0 or high > 1 or not (np.isfinite(low) and np.isfinite(high)):
+        raise TrainingError(f"step {step}: rewards range over [{low:g}, {high:g}], but {cfg.algorithm.name}'s prompt "
+                            "critic (a binary cross-entropy on the reward) needs rewards in [0, 1]: use rewards "
+                            "scored in [0, 1] with non-negative weights summing to at most 1")

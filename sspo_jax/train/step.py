@@ -8,8 +8,8 @@ forward pass, never materialising [N, T, V] logits.
 over ``num_minibatches`` shuffled minibatches; a minibatch's gradient is accumulated over
 micro-batches as (sum of loss_sum gradients) / (sum of denominators), which is exactly the
 gradient of the whole minibatch for every aggregation mode, accumulated in fp32 whatever the
-parameter dtype. A minibatch whose loss or gradient is not finite is skipped (parameters and
-optimizer state unchanged) and counted.
+parameter dtype. A minibatch whose loss, gradient or new parameters are not finite is skipped
+(parameters and optimizer state unchanged) and counted.
 
 On-policy updates (the first minibatch of the first epoch) use ``old_logp = stop_gradient(logp)``
 of the update's own forward when ``exact_on_policy_ratio`` (ratio exactly 1 in any dtype; the
@@ -336,6 +336,7 @@ def make_update_fn(models: Models, alg: AlgorithmConfig, policy_tx: optax.Gradie
         updates, new_opt = policy_tx.update(grads, state.opt_state, state.params)
         new_opt = _same_dtypes(new_opt, state.opt_state)
         new_params = optax.apply_updates(state.params, updates)
+        finite = finite & _all_finite(new_params)  # e.g. an lr that overflows: skipped like a bad gradient
         out_metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **_finalise(metrics, w)}
         if has_critic:
             cdenom = jnp.maximum(cd, 1.0)
@@ -344,6 +345,7 @@ def make_update_fn(models: Models, alg: AlgorithmConfig, policy_tx: optax.Gradie
             cupdates, new_copt = critic_tx.update(cgrads, state.critic_opt_state, state.critic_params)
             new_copt = _same_dtypes(new_copt, state.critic_opt_state)
             new_cparams = optax.apply_updates(state.critic_params, cupdates)
+            finite = finite & _all_finite(new_cparams)
             out_metrics["critic_loss"] = cs / cdenom
             out_metrics["critic_grad_norm"] = optax.tree.norm(cgrads)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731

@@ -8,108 +8,41 @@
     trainer = Trainer(load_config("configs/tiny_sspo.yaml"))
     summary = trainer.run()            # resumes from RUN_DIR/checkpoints when present
 
-Every device computation is jitted once per shape (prompt widths are bucketed); the host does
-what is inherently host work: reading prompts, decoding responses, verifying answers. Building
-the run (checks, tokenizer, models, optimizers, initial state) is `build.build_run`.
-
-Multi-host (several processes, `sspo_jax.parallel.initialize` called first): every process reads
-every global prompt batch (the data cursor stays identical everywhere), samples, decodes and
-scores the rows its devices hold; metrics are reduced over all processes. Only process 0 writes
-the run directory's files (config, metrics, TensorBoard, summary) and prints; Orbax checkpoints
-are written by all processes together.
+Building the run is `build.build_run`; docs/architecture.md walks through the stages. Multi-host:
+every process reads every global prompt batch, samples and scores the rows its devices hold;
+metrics are reduced over all processes; only process 0 writes the run directory's files and
+prints, while Orbax checkpoints are written by all processes together.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import jax
-import numpy as np
 import yaml
 
 from sspo_jax.algorithms import segment_ids
-from sspo_jax.data import PromptBatch, PromptBatcher, build_source
-from sspo_jax.errors import CheckpointError, TrainingError, one_line
+from sspo_jax.data import PromptBatcher, build_source
+from sspo_jax.errors import TrainingError
 from sspo_jax.parallel import is_main_process, multiprocess
-from sspo_jax.parallel.host_data import all_processes, reduce_metrics
+from sspo_jax.parallel.host_data import reduce_metrics
 from sspo_jax.train import collect, metric_names as M, prepare, sample, score
+from sspo_jax.train.console import StepConsole, run_summary
+from sspo_jax.train.signals import StopRequest
 from sspo_jax.train import resume as resume_mod
 from sspo_jax.train.build import build_run, check_disk_space, state_bytes
 from sspo_jax.train.checkpoint import Checkpointer
-from sspo_jax.train.config import TrainConfig, config_to_mapping, load_config
-from sspo_jax.train.evaluate import build_eval_batches, eval_data_config, evaluate_policy
+from sspo_jax.train.config import TrainConfig, config_to_mapping
+from sspo_jax.train.evaluate import eval_batches_for, evaluate_policy
 from sspo_jax.train.logging_io import MetricsWriter
 from sspo_jax.train.records import ScoredRollout
 from sspo_jax.train.run_lock import maybe_acquire_run_lock
 from sspo_jax.train.shaping import loss_config, overlong_shaping
 from sspo_jax.train.step import ONPOLICY_BATCH_METRICS, make_stats_fn, make_update_fn, needs_policy_stats
-
-
-class TrainingStopped(TrainingError):
-    """Training was stopped by SIGTERM or SIGINT (Ctrl-C) after a finished step, which was checkpointed.
-
-    Attributes:
-      signum: the signal's number (the CLI exits with 128 + signum).
-    """
-
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.signum = signum
-
-
-class _StopRequest:
-    """SIGTERM / SIGINT handlers for the training loop: the first signal asks the loop to stop after
-    the step it is in (which is then checkpointed); the handlers are then put back, so a second
-    signal acts at once (SIGTERM terminates, Ctrl-C raises KeyboardInterrupt). Only on the main thread."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self, say: Callable[[str], None]) -> None:
-        self.say, self.signum, self._previous = say, None, {}
-
-    @property
-    def signal_name(self) -> Optional[str]:
-        return signal.Signals(self.signum).name if self.signum is not None else None
-
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for sig in self.SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-        self.uninstall()
-        self.say(f"{signal.Signals(signum).name} received: finishing the current step, then saving a checkpoint "
-                 "and stopping (send it again to stop at once)")
-
-    def agree(self) -> None:
-        """Multi-process jobs: a stop asked of any process is a stop for all (a collective)."""
-        if not all_processes(self.signum is None) and self.signum is None:
-            self.signum = signal.SIGTERM
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        self._previous = {}
-
-
-def check_reward_range(cfg: TrainConfig, rewards: Any, step: int) -> None:
-    """SPPO's prompt critic is trained with a binary cross-entropy on the rewards, which has no
-    minimum outside [0, 1]: a `TrainingError` when a step's rewards leave that range."""
-    if cfg.algorithm.critic != "prompt" or not len(rewards):
-        return
-    low, high = float(np.min(rewards)), float(np.max(rewards))
-    if low < 0 or high > 1 or not (np.isfinite(low) and np.isfinite(high)):
-        raise TrainingError(f"step {step}: rewards range over [{low:g}, {high:g}], but {cfg.algorithm.name}'s prompt "
-                            "critic (a binary cross-entropy on the reward) needs rewards in [0, 1]: use rewards "
-                            "scored in [0, 1] with non-negative weights summing to at most 1")
 
 
 class Trainer:
@@ -159,7 +92,7 @@ class Trainer:
         alg, temp, micro = cfg.algorithm, self.sampling.temperature, cfg.micro_batch_size
         max_new = self.sampling.max_new_tokens
         self.batcher = PromptBatcher(build_source(cfg.data), self.tokenizer, cfg.data)
-        self.eval_batches = self._build_eval_batches()
+        self.eval_batches = eval_batches_for(cfg, self.tokenizer)
         exact = cfg.train.exact_on_policy_ratio
         lean = not needs_policy_stats(alg, exact)  # every update on-policy: no old-log-prob pass
         self.stats_fn = make_stats_fn(self.models, alg, cfg.model.logprob_chunk_size, micro, temperature=temp,
@@ -179,13 +112,6 @@ class Trainer:
         if resume:
             self.restore(resume_step)
 
-    def _build_eval_batches(self) -> list[PromptBatch]:
-        cfg = self.cfg
-        if not cfg.eval.enabled:
-            return []
-        data = eval_data_config(cfg.data, size=cfg.eval.size, batch_size=cfg.eval.batch_size, path=cfg.eval.path)
-        return build_eval_batches(data, self.tokenizer, cfg.eval.size) if data is not None else []
-
     def restore(self, step: Optional[int] = None) -> Optional[int]:
         """Restores the checkpoint of `step` (None = the newest readable one); returns its step."""
         if self.checkpointer is None:
@@ -202,10 +128,7 @@ class Trainer:
         self.start_step = step
         self.echo(f"resumed from {self.checkpointer.directory}/{step} (step {step} of {self.cfg.train.steps})")
         self.config_changes = resume_mod.config_changes(meta.get("config"), self.cfg)
-        for change in self.config_changes:
-            why = "safe to change" if change.safe else "allowed by --allow-config-change"
-            self.echo(f"config changed since checkpoint {step}: {change.describe()} ({why}; recorded in "
-                      f"{self.run_dir / resume_mod.CHANGES_FILE})")
+        resume_mod.announce_changes(self.config_changes, step, self.run_dir, self.echo)
         return step
 
     # ---- the stages of one step ---------------------------------------------------------------
@@ -249,7 +172,7 @@ class Trainer:
         key, _ = jax.random.split(jax.random.fold_in(self.state.key, 17))
         prompts_before = dict(self.batcher.totals)
         roll, ds_metrics = self.collect(key)
-        check_reward_range(self.cfg, roll.rewards, step)
+        score.check_reward_range(self.cfg, roll.rewards, step)
         t1 = time.perf_counter()
         batch, prep_metrics = self.prepare(roll)
         jax.block_until_ready(batch.old_logp)
@@ -290,22 +213,7 @@ class Trainer:
         if self.checkpointer is None:
             return
         meta = resume_mod.checkpoint_meta(self.cfg, step, self.batcher.state(), self.model_config, self.eval_history)
-        try:
-            self.checkpointer.save(step, self.state, meta)
-        except Exception as err:  # noqa: BLE001 - disk full, lost mount, permissions: stop with a clear error
-            msg = one_line(err)
-            full = "No space left on device" in msg or "os_error_code='28'" in msg
-            msg = "the disk is full: No space left on device" if full else msg[:400]
-            raise TrainingError(f"cannot write the checkpoint of step {step} to {self.checkpointer.directory} "
-                                f"({msg}); free disk space (or fix the directory) and run the same command again: "
-                                "training resumes from the newest complete checkpoint") from err
-
-    def _timeout_frac(self, metrics: dict[str, Any]) -> float:
-        """The largest share of the step's responses whose verification by one reward timed out."""
-        scored = self.cfg.rows * max(1.0, metrics.get("dynamic_sampling/rounds", 1.0))
-        counts = [v for k, v in metrics.items() if k.startswith("reward/") and k.count("/") == 2
-                  and k.endswith("/timeouts")]
-        return max(counts, default=0.0) / scored
+        self.checkpointer.save_or_explain(step, self.state, meta)
 
     def _evaluate_into(self, step: int, metrics: dict[str, Any]) -> None:
         ev = self.evaluate()
@@ -328,15 +236,9 @@ class Trainer:
             self._evaluate_into(0, before)
             self.writer.write(0, before)
             self.echo(f"held-out accuracy before training: {before[M.EVAL_ACCURACY]:.3f}")
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=cfg.train.steps, initial=self.start_step, desc="train", dynamic_ncols=True)
+        console = StepConsole(cfg, self.start_step, progress=self.progress, echo=self.echo)
         skips = 0
-        say = bar.write if bar is not None else self.echo
-        stop = _StopRequest(say if self.main else (lambda s: None))
-        warned_truncation = False
+        stop = StopRequest(console.say if self.main else (lambda s: None))
         try:
             stop.install()
             for step in range(self.start_step + 1, cfg.train.steps + 1):
@@ -347,23 +249,7 @@ class Trainer:
                 if self.eval_batches and (last or (cfg.eval.every and step % cfg.eval.every == 0)):
                     self._evaluate_into(step, metrics)
                 self.writer.write(step, metrics)
-                timeouts = self._timeout_frac(metrics)
-                if bar is not None:
-                    clip = metrics.get("policy/clip_frac_low", 0) + metrics.get("policy/clip_frac_high", 0)
-                    bar.update(1)
-                    extra = {"timeouts": f"{timeouts:.0%}"} if timeouts > 0 else {}
-                    bar.set_postfix(reward=f"{metrics[M.REWARD_MEAN]:.3f}", acc=f"{metrics[M.ACCURACY]:.2f}",
-                                    clip=f"{clip:.3f}", len=f"{metrics[M.RESPONSE_LENGTH_MEAN]:.0f}", **extra)
-                if timeouts > cfg.rewards.timeout_warn_frac:
-                    say(f"warning: step {step}: {timeouts:.0%} of the responses' verifications timed out (scored 0; "
-                        f"rewards.timeout_s={cfg.rewards.timeout_s:g}): raise rewards.timeout_s or check the "
-                        "responses and answers (reward/<name>/timeouts)")
-                if metrics[M.PROMPTS_TRUNCATED] and not warned_truncation:
-                    warned_truncation = True
-                    say(f"warning: step {step}: {metrics[M.PROMPTS_TRUNCATED]:.0f} prompt(s) longer than "
-                        f"data.max_prompt_len={cfg.data.max_prompt_len} tokens were cut to their last "
-                        f"{cfg.data.max_prompt_len} tokens (data.overlong_prompt=truncate); counted in "
-                        "data/prompts_truncated, the total in summary.json")
+                console.report(step, metrics)
                 if skips >= cfg.train.max_consecutive_skips:
                     self.save(step)
                     raise TrainingError(
@@ -377,42 +263,20 @@ class Trainer:
                 if stop.signal_name is not None and not last:
                     if self.checkpointer is not None and not saved:
                         self.save(step)
-                    where = (f"checkpoint {self.checkpointer.directory}/{step} written; run the same command again "
-                             "to resume" if self.checkpointer is not None else "checkpoint.enabled=false: nothing "
-                             "was saved")
-                    raise TrainingStopped(f"stopped by {stop.signal_name} after step {step} of {cfg.train.steps} "
-                                          f"({where})", stop.signum)
+                    stop.raise_stopped(step, cfg.train.steps, self.checkpointer)
         finally:
             stop.uninstall()
-            if bar is not None:
-                bar.close()
+            console.close()
             self.writer.close()
         totals = self.batcher.totals
         if totals["truncated"] or totals["rejected"]:
             self.echo(f"warning: {totals['truncated']} prompt(s) truncated and {totals['rejected']} rejected for being "
                       f"longer than data.max_prompt_len={cfg.data.max_prompt_len} in this run")
-        summary = self._summary(time.perf_counter() - t_start)
+        summary = run_summary(self.cfg, self.run_dir, time.perf_counter() - t_start, self.eval_history,
+                              self.batcher.totals)
         if self.main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
-
-    def _summary(self, wall_s: float) -> dict[str, Any]:
-        hist = self.eval_history
-        out: dict[str, Any] = {"run_dir": str(self.run_dir), "steps": self.cfg.train.steps,
-                               "algorithm": self.cfg.algorithm.name, "wall_time_s": wall_s,
-                               "prompts_truncated": self.batcher.totals["truncated"],
-                               "prompts_rejected": self.batcher.totals["rejected"]}
-        changes = resume_mod.read_config_changes(self.run_dir)
-        if changes:
-            out["config_changes"] = changes
-        if hist:
-            out["accuracy_before"] = hist[0].get(M.EVAL_ACCURACY)
-            out["accuracy_after"] = hist[-1].get(M.EVAL_ACCURACY)
-            if M.EVAL_SAMPLED_ACCURACY in hist[0]:
-                out["sampled_accuracy_before"] = hist[0][M.EVAL_SAMPLED_ACCURACY]
-                out["sampled_accuracy_after"] = hist[-1].get(M.EVAL_SAMPLED_ACCURACY)
-            out["eval_history"] = hist
-        return out
 
     def close(self) -> None:
         """Releases the checkpointer and the run directory's lock (call when done with the trainer)."""
@@ -426,22 +290,9 @@ class Trainer:
 
 
 def trainer_for_run(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Trainer:
-    """A `Trainer` resumed from a run's checkpoint (``RUN_DIR`` = the newest, ``RUN_DIR/checkpoints/STEP``),
-    with the run's own config: to continue training it or to inspect its full state (optimizer
-    state and data cursor included). For inference use `sspo_jax.train.load_run`, which reads far less.
-
-    Raises:
-      CheckpointError: the run holds no checkpoint.
-    """
-    from sspo_jax.train.load_run import split_run_path
-
-    run, step = split_run_path(path)
-    cfg = load_config(run / "config.yaml", ["logging.progress=false", "logging.tensorboard=false", *overrides])
-    trainer = Trainer(cfg, run, echo=lambda s: None, resume=True, resume_step=step)
-    if trainer.start_step == 0:
-        trainer.close()
-        raise CheckpointError(f"{run} holds no checkpoint to resume from")
-    return trainer
+    """A `Trainer` resumed from a run's checkpoint, with the run's own config (see
+    `resume.resumed_trainer`); for inference use `sspo_jax.train.load_run`, which reads far less."""
+    return resume_mod.resumed_trainer(Trainer, path, overrides)
 
 
 def train(cfg: TrainConfig, run_dir: str | Path | None = None, **kwargs) -> dict[str, Any]:

@@ -106,6 +106,27 @@ def test_training_after_a_fallback_equals_the_uninterrupted_run(model_dir, finis
 # every checkpoint unreadable, and a named one unreadable at export: test_reliability_run_guards.py
 
 
+def test_every_checkpoint_unreadable_is_a_clear_error_not_a_fresh_start(finished_run, tmp_path, capsys):
+    run = _copy_run(finished_run, tmp_path)
+    for step in (1, 2, 3):
+        _garble(_data_files(run / "checkpoints" / str(step))[0])
+    rc, err = run_cli(["export", "--checkpoint", str(run), "--out", str(tmp_path / "out")], capsys)
+    assert rc == 2
+    assert "error: every checkpoint in" in err and "[1, 2, 3] is unreadable or corrupt" in err
+    assert "move that directory away" in err
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["1", "2", "3"], "nothing was deleted"
+
+
+def test_a_named_corrupt_checkpoint_is_a_clear_error(finished_run, tmp_path, capsys):
+    run = _copy_run(finished_run, tmp_path)
+    _garble(_data_files(run / "checkpoints" / "3")[0])
+    rc, err = run_cli(["export", "--checkpoint", str(run / "checkpoints" / "3"), "--out", str(tmp_path / "out")],
+                      capsys)
+    assert rc == 2 and "Traceback" not in err
+    assert f"error: checkpoint {run}/checkpoints/3 is unreadable or corrupt" in err
+    assert "choose another step of [1, 2, 3]" in err
+
+
 # ---- reward verifiers that hang or crash --------------------------------------------------------
 
 def _fake_responses(monkeypatch, trainer, texts_for):

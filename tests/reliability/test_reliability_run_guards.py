@@ -26,7 +26,9 @@ from sspo_jax.train import resume as resume_mod
 from sspo_jax.train.config import LoopConfig, config_to_mapping
 from sspo_jax.train.logging_io import read_metrics
 from sspo_jax.train.run_lock import RunLockedError, acquire_run_lock
-from sspo_jax.train.trainer import _StopRequest, check_reward_range, trainer_for_run
+from sspo_jax.train.score import check_reward_range
+from sspo_jax.train.signals import StopRequest as _StopRequest
+from sspo_jax.train.trainer import trainer_for_run
 from tests.reliability.conftest import run_cli, run_config, train_argv
 from tests.reliability.faulty_verify import hang_forever
 from tests.reliability.test_reliability_faults import HANGING, _copy_run, _fake_responses

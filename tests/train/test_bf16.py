@@ -243,3 +243,22 @@ def test_resume_in_bf16_equals_uninterrupted(model_dir, tmp_path, moment):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(_leaves(straight.state.opt_state), _leaves(resumed.state.opt_state)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_an_update_whose_new_parameters_overflow_is_skipped(tmp_path):
+    """lr = 1e39 is a finite number in the config but overflows float32: the update would make every
+    parameter infinite, so it is skipped and counted like a non-finite gradient."""
+    from sspo_jax.train import Trainer
+
+    model_dir = make_checkpoint(tmp_path / "model")
+    trainer = Trainer(fast_config(model_dir, "grpo", tmp_path / "run", "optim.lr=1e39", "checkpoint.enabled=false",
+                                  "eval.enabled=false", steps=1), echo=lambda s: None)
+    try:
+        before = [np.asarray(x) for x in jax.tree.leaves(trainer.state.params)]
+        metrics = trainer.step(1)
+        after = [np.asarray(x) for x in jax.tree.leaves(trainer.state.params)]
+    finally:
+        trainer.close()
+    assert metrics["skipped_updates"] == metrics["updates"] == 1.0
+    for a, b in zip(before, after, strict=True):
+        np.testing.assert_array_equal(a, b)
