@@ -159,9 +159,10 @@ def _read_checkpoint(run_dir: Path, step: int, abstract: TrainState, *, verify: 
         if len(saved) != len(leaves):
             raise CheckpointCorruptError(f"checkpoint {where} does not hold the state this config trains "
                                          f"({len(saved)} arrays saved, {len(leaves)} expected)")
-        checks = [(sorted(param_idx), params_leaves)] + [(sorted(g), _restore_leaves(where, abstract, g))
-                                                         for g in groups]
-        for idx, arrays in checks:
+        reads = [(sorted(param_idx), lambda: params_leaves)]
+        reads += [(sorted(g), lambda g=g: _restore_leaves(where, abstract, g)) for g in groups]
+        for idx, read in reads:  # one group in memory at a time
+            arrays = read()
             if [saved[i] for i in idx] != state_fingerprint(arrays):
                 raise CheckpointCorruptError(f"checkpoint {where} is corrupt: its data differs from what was saved")
             del arrays
@@ -203,7 +204,7 @@ def load_run(path: str | Path, step: Optional[int] = None, *, overrides: tuple[s
       ConfigError: `path` is not a run directory (no config.yaml), or the config is invalid.
       CheckpointError: the run has no checkpoint, `step` is not one, or it is unreadable or corrupt.
     """
-    run, path_step = split_run_path(path)
+    run, path_step = split_run_path(Path(path).expanduser().absolute())  # Orbax needs absolute paths
     step = step if step is not None else path_step
     if not (run / "config.yaml").is_file():
         raise ConfigError(f"{str(run)!r} is not a run directory: it has no config.yaml (give RUN_DIR or "

@@ -37,9 +37,11 @@ class StopRequest:
 
     @property
     def signal_name(self) -> Optional[str]:
+        """The name of the signal received (``SIGTERM``, ``SIGINT``), or None when none was."""
         return signal.Signals(self.signum).name if self.signum is not None else None
 
     def install(self) -> None:
+        """Installs the handlers (on the main thread only; elsewhere signals stay as they are)."""
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in self.SIGNALS:
@@ -64,6 +66,7 @@ class StopRequest:
         raise TrainingStopped(f"stopped by {self.signal_name} after step {step} of {total} ({where})", self.signum)
 
     def uninstall(self) -> None:
+        """Puts the previous handlers back."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}

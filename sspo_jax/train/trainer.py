@@ -30,10 +30,8 @@ from sspo_jax.data import PromptBatcher, build_source
 from sspo_jax.errors import TrainingError
 from sspo_jax.parallel import is_main_process, multiprocess
 from sspo_jax.parallel.host_data import reduce_metrics
-from sspo_jax.train import collect, metric_names as M, prepare, sample, score
+from sspo_jax.train import collect, metric_names as M, prepare, resume as resume_mod, sample, score
 from sspo_jax.train.console import StepConsole, run_summary
-from sspo_jax.train.signals import StopRequest
-from sspo_jax.train import resume as resume_mod
 from sspo_jax.train.build import build_run, check_disk_space, state_bytes
 from sspo_jax.train.checkpoint import Checkpointer
 from sspo_jax.train.config import TrainConfig, config_to_mapping
@@ -42,6 +40,7 @@ from sspo_jax.train.logging_io import MetricsWriter
 from sspo_jax.train.records import ScoredRollout
 from sspo_jax.train.run_lock import maybe_acquire_run_lock
 from sspo_jax.train.shaping import loss_config, overlong_shaping
+from sspo_jax.train.signals import StopRequest
 from sspo_jax.train.step import ONPOLICY_BATCH_METRICS, make_stats_fn, make_update_fn, needs_policy_stats
 
 
@@ -131,8 +130,6 @@ class Trainer:
         resume_mod.announce_changes(self.config_changes, step, self.run_dir, self.echo)
         return step
 
-    # ---- the stages of one step ---------------------------------------------------------------
-
     @property
     def scoring(self) -> score.ScoringSpec:
         """How rollouts are scored: ``rewards``, ``eval.reward`` and the algorithm's length shaping."""
@@ -204,8 +201,6 @@ class Trainer:
             M.TIME_GENERATE_AND_SCORE: t1 - t0, M.TIME_STATS: t2 - t1, M.TIME_UPDATE: t3 - t2, M.TIME_STEP: t3 - t0,
             M.TOKENS_PER_S: int(roll.response_mask.sum()) / max(t3 - t0, 1e-9),
         }
-
-    # ---- the loop -----------------------------------------------------------------------------
 
     def save(self, step: int) -> None:
         """Checkpoints the state and metadata of `step` (all processes take part); a failed write

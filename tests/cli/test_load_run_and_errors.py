@@ -77,6 +77,14 @@ def test_load_run_reads_params_only_from_a_read_only_copy(custom_run, tmp_path):
             p.chmod(0o755 if p.is_dir() else 0o644)
 
 
+def test_load_run_accepts_a_relative_path(custom_run, monkeypatch):
+    _, run, params, _ = custom_run
+    monkeypatch.chdir(run.parent)  # Orbax itself needs absolute paths: load_run makes them so
+    loaded = load_run(Path(run.name))
+    assert loaded.step == 1 and loaded.run_dir.is_absolute()
+    np.testing.assert_array_equal(params[0], np.asarray(jax.tree.leaves(loaded.params)[0]))
+
+
 def test_load_run_names_a_missing_checkpoint(custom_run, tmp_path):
     _, run, _, _ = custom_run
     bare = tmp_path / "bare"

@@ -49,17 +49,11 @@ def checkpoint_or_skip(name: str) -> Path:
                     f"{build.CACHE_ENV})")
 
 
-def load_policy_or_skip(path: Path, **kwargs):
-    """`sspo_jax.models.from_pretrained(path, **kwargs)`; skips with the loader's message only
-    when the loader does not support the checkpoint's model_type (a family not yet added)."""
-    from sspo_jax.models import ModelError, from_pretrained
+def load_policy(path: Path, **kwargs):
+    """`sspo_jax.models.from_pretrained(path, **kwargs)` (both real checkpoints' families are supported)."""
+    from sspo_jax.models import from_pretrained
 
-    try:
-        return from_pretrained(path, **kwargs)
-    except ModelError as e:
-        if "unsupported model_type" in str(e):
-            pytest.skip(f"sspo_jax.models cannot load {path.name} yet: {e}")
-        raise
+    return from_pretrained(path, **kwargs)
 
 
 def chat_batch(tokenizer, user_messages: list[str], system: str = "Be brief."):

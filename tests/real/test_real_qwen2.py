@@ -20,7 +20,7 @@ from tests.real.real_common import (
     chat_batch,
     jax_greedy,
     jax_logits,
-    load_policy_or_skip,
+    load_policy,
     transformers_logits,
     transformers_reference,
 )
@@ -54,7 +54,7 @@ def reference(qwen_dir, batch):
 @pytest.fixture(scope="module")
 def policy(qwen_dir, reference):
     """The checkpoint loaded by `sspo_jax.models.from_pretrained` in fp32."""
-    return load_policy_or_skip(qwen_dir)
+    return load_policy(qwen_dir)
 
 
 def test_generation_config_carries_eos(qwen_dir):

@@ -16,7 +16,7 @@ from tests.real.real_common import (
     chat_batch,
     jax_greedy,
     jax_logits,
-    load_policy_or_skip,
+    load_policy,
     transformers_reference,
 )
 
@@ -50,7 +50,7 @@ def reference(smollm2_dir, batch):
 @pytest.fixture(scope="module")
 def policy(smollm2_dir, reference):
     """The checkpoint loaded by `sspo_jax.models.from_pretrained` in fp32."""
-    return load_policy_or_skip(smollm2_dir)
+    return load_policy(smollm2_dir)
 
 
 def test_checkpoint_is_llama_with_tied_embeddings(smollm2_dir):

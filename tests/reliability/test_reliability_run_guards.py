@@ -127,6 +127,8 @@ def test_sigint_stops_cleanly_with_a_checkpoint_and_config_changes_are_recorded(
 
 def test_a_second_signal_stops_at_once():
     said = []
+    # Python's own Ctrl-C handler as the one to put back (a pytest-xdist worker runs with another)
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
     stop = _StopRequest(said.append)
     stop.install()
     try:
@@ -138,6 +140,7 @@ def test_a_second_signal_stops_at_once():
             time.sleep(1)
     finally:
         stop.uninstall()
+        signal.signal(signal.SIGINT, outer)
 
 
 # ---- damaged or diverged checkpoints ----------------------------------------------------------------

@@ -174,3 +174,20 @@ def test_mask_truncated_drops_truncated_rows_from_training():
     mask = prepare.response_mask_for_training(scored, presets.get("dapo", mask_truncated=True))
     assert not mask[0].any() and np.array_equal(mask[1], scored.response_mask[1])
     assert np.array_equal(prepare.response_mask_for_training(scored, presets.get("dapo")), scored.response_mask)
+
+
+class _Tok:
+    eos_token_id, pad_token_id = 2, None
+
+
+def test_stop_tokens_merge_the_config_the_checkpoint_and_the_tokenizer():
+    from sspo_jax.errors import ConfigError
+    from sspo_jax.train.build import resolve_sampling
+
+    base = SamplingConfig(max_new_tokens=4)
+    chat = resolve_sampling(base.replace(eos_token_ids=(7,)), _Tok(), 9, checkpoint_stops=(5, 7), vocab_size=16)
+    assert chat.eos_token_ids == (7, 5, 2) and chat.pad_token_id == 7  # <|im_end|>-style ids from the checkpoint
+    plain = resolve_sampling(base, _Tok(), [9, 2], vocab_size=16)
+    assert plain.eos_token_ids == (2, 9), "without a configured or checkpoint stop, the model config's eos ids"
+    with pytest.raises(ConfigError, match=r"stop token id\(s\) \[20\] are outside the model's vocabulary of 16"):
+        resolve_sampling(base.replace(eos_token_ids=(20,)), _Tok(), None, vocab_size=16)
