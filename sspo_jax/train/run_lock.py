@@ -19,6 +19,7 @@ their checkpoint shards into the same directory by design).
 from __future__ import annotations
 
 import errno
+import contextlib
 import fcntl
 import json
 import os
@@ -78,10 +79,8 @@ class RunLock:
         fd, self._fd = self._fd, None
         if fd is None:
             return
-        try:
+        with contextlib.suppress(OSError):  # the holder record is for messages only
             os.ftruncate(fd, 0)
-        except OSError:
-            pass
         try:
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
@@ -130,11 +129,9 @@ def acquire_run_lock(run_dir: str | Path) -> RunLock:
                              f"{_holder_text(read_holder(run_dir))}; wait for it to finish or stop it, or choose "
                              "another --run-dir") from None
     info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    try:
+    with contextlib.suppress(OSError):  # the record is for messages only; the lock is held regardless
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
-    except OSError:
-        pass  # the record is for messages only; the lock is held regardless
     return RunLock(path, fd, info)
 
 

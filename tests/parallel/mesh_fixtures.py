@@ -8,7 +8,7 @@ from typing import Optional
 from sspo_jax.parallel import MeshConfig
 from sspo_jax.rewards import RewardConfig
 from sspo_jax.train.config import TrainConfig
-from tests.train.test_train_loop import _digit_share  # noqa: F401 - registers the dense test reward
+from tests.train.train_fixtures import digit_share  # noqa: F401 - registers the dense test reward
 from tests.train.train_fixtures import fast_config
 
 

@@ -15,7 +15,6 @@ from flax import nnx
 from sspo_jax.algorithms import presets, segment_entropy_stats
 from sspo_jax.errors import ConfigError
 from sspo_jax.models import Qwen2Config, Qwen2ForCausalLM
-from sspo_jax.rewards import RewardConfig, RewardOutput, register_reward
 from sspo_jax.train import Trainer, optim
 from sspo_jax.train.config import OptimConfig, load_config
 from sspo_jax.train.logging_io import read_metrics
@@ -23,19 +22,13 @@ from sspo_jax.train.prepare import batch_metrics
 from sspo_jax.train.state import RolloutBatch, TrainState
 from sspo_jax.train.step import (ONPOLICY_BATCH_METRICS, Models, make_stats_fn, make_update_fn, needs_policy_stats,
                                  policy_token_stats)
-from tests.train.train_fixtures import fast_config, make_checkpoint
+from tests.train.train_fixtures import digit_share_config, fast_config, make_checkpoint
 
 N, P, R, VOCAB = 8, 4, 8, 64
 T = P + R
 FAST_PRESETS = ("dapo", "ppo")  # the others are slow-marked (test_train_loop covers them in fp32)
 
 
-def _digit_share(responses, golds, **_):
-    """A dense test reward a random model can earn: the share of digit characters."""
-    return RewardOutput(np.array([sum(c.isdigit() for c in r) / max(len(r), 1) for r in responses], np.float32))
-
-
-register_reward("test_digit_share", _digit_share, overwrite=True)
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +37,7 @@ def model_dir(tmp_path_factory):
 
 
 def _cfg(model_dir, preset, run_dir, *extra, steps=1):
-    cfg = fast_config(model_dir, preset, run_dir, "eval.enabled=false", *extra, steps=steps)
-    return cfg.replace(rewards=RewardConfig(weights={"test_digit_share": 1.0}, workers=0))
+    return digit_share_config(model_dir, preset, run_dir, *extra, steps=steps)
 
 
 def _leaves(tree):

@@ -10,18 +10,12 @@ import numpy as np
 import pytest
 
 from sspo_jax.algorithms import presets
-from sspo_jax.rewards import RewardConfig, RewardOutput, register_reward
+from sspo_jax.rewards import RewardConfig
 from sspo_jax.train import Trainer
 from sspo_jax.train.logging_io import read_metrics
-from tests.train.train_fixtures import fast_config, make_checkpoint
+from tests.train.train_fixtures import digit_share_config, fast_config, make_checkpoint
 
 
-def _digit_share(responses, golds, **_):
-    """A dense test reward a random model can earn: the share of digit characters."""
-    return RewardOutput(np.array([sum(c.isdigit() for c in r) / max(len(r), 1) for r in responses], np.float32))
-
-
-register_reward("test_digit_share", _digit_share, overwrite=True)
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +24,7 @@ def model_dir(tmp_path_factory):
 
 
 def _cfg(model_dir, preset, run_dir, *extra, steps=2):
-    cfg = fast_config(model_dir, preset, run_dir, "eval.enabled=false", *extra, steps=steps)
-    return cfg.replace(rewards=RewardConfig(weights={"test_digit_share": 1.0}, workers=0))
+    return digit_share_config(model_dir, preset, run_dir, *extra, steps=steps)
 
 
 def _leaves(tree):

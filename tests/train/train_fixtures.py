@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from flax import nnx
 
 from sspo_jax.models import Qwen2Config, Qwen2ForCausalLM, save_pretrained
+from sspo_jax.rewards import RewardConfig, RewardOutput, register_reward
 from sspo_jax.train.config import load_config
 from tests.data.data_tokenizers import hf_tokenizer
 
@@ -37,3 +39,15 @@ def fast_overrides(model_dir: Path, preset: str, steps: int = 2) -> list[str]:
 
 def fast_config(model_dir: Path, preset: str, run_dir: Path, *extra: str, steps: int = 2):
     return load_config(None, [*fast_overrides(model_dir, preset, steps), f"run_dir={run_dir}", *extra])
+
+
+@register_reward("test_digit_share", overwrite=True)  # the kill harness registers the same reward
+def digit_share(inp, cfg):
+    """A dense test reward a random model can earn: the share of digit characters."""
+    return RewardOutput(np.array([sum(c.isdigit() for c in r) / max(len(r), 1) for r in inp.responses], np.float32))
+
+
+def digit_share_config(model_dir: Path, preset: str, run_dir: Path, *extra: str, steps: int):
+    """`fast_config` without evaluation, trained on the dense `digit_share` reward."""
+    cfg = fast_config(model_dir, preset, run_dir, "eval.enabled=false", *extra, steps=steps)
+    return cfg.replace(rewards=RewardConfig(weights={"test_digit_share": 1.0}, workers=0))
