@@ -3,6 +3,8 @@
 #   make test   the whole test suite
 #   make bench  every benchmark, side by side with PyTorch (JSON and a summary in benchmarks/results/,
 #               the README table regenerated); run it on a quiet machine
+#   make bench-peers  the same GRPO job on sspo_jax, TRL and Tunix (peer venvs built in .peers/ on first use;
+#               benchmarks/results/peers.json, the README table regenerated); run it on a quiet machine
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,7 +15,7 @@ PYTEST_ARGS ?=
 RUN_CONFIG ?= configs/tiny_sspo.yaml
 RUN_DIR ?= runs/tiny_sspo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install run test test-fast bench clean-venv
+.PHONY: install run test test-fast bench bench-peers clean-venv
 
 install: $(STAMP)
 
@@ -41,6 +43,9 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py --readme
+
+bench-peers: $(STAMP)
+	$(PY) benchmarks/bench_peers.py --presets grpo,sspo --readme
 
 clean-venv:
 	rm -rf $(VENV)

@@ -16,6 +16,8 @@ bench_iteration    a whole RL iteration vs a plain PyTorch loop, time ratio     
 bench_losses       the loss core (forward + gradient) per preset                  (reported)
 bench_rewards      math-verify rewards per second, in process and in a pool        (reported)
 bench_mesh         update step time per device-mesh shape                         (reported)
+bench_peers        the same GRPO job on TRL and Tunix, step time ratio vs          >= 1.2x TRL,
+                   sspo_jax (summary only: ``make bench-peers`` runs it)           >= 1.5x Tunix
 =================  =============================================================  ===============
 
 ``--profile full`` is the published configuration (about 15 minutes on a 2-core CPU; run it on a
@@ -199,9 +201,38 @@ def figures_mesh(d: dict) -> list[dict]:
     return out
 
 
+def figures_peers(d: dict) -> list[dict]:
+    """bench_peers.py (summary only: `make bench-peers` runs it, since it builds the peer venvs):
+    whole-step seconds per framework and preset, then each ratio vs its target, or the reason the
+    ratio was refused in the peer's row."""
+    out = []
+    for preset, entry in d["presets"].items():
+        spec = entry["spec"]
+        variant = spec.get("peer_variant", preset)
+        job = (f"{preset} preset{'' if variant == preset else f', peers {variant}'}, "
+               f"{spec['batch_size']}x{spec['group_size']} rows, {spec['max_new_tokens']} new, tiny model")
+        for name, s in entry["frameworks"].items():
+            if "error" in s:  # a failed job: its reason is in peers.json
+                continue
+            note = (f"generate+reward {s['generate_and_reward']['median_s']:.2f}, extra forwards "
+                    f"{s['extra_forward']['median_s']:.2f}, update {s['update']['median_s']:.2f} s; "
+                    f"reward {s['reward_mean']:.3f} +- {s['reward_se']:.3f}")
+            refused = entry["ratios"].get(f"{name}_step / sspo_jax_step", {}).get("ratios_refused")
+            if refused:
+                note += f"; ratio refused: {refused}"
+            out.append(_fig(f"RL step time, {name} ({job})", s["step"]["median_s"], "s",
+                            spread=(s["step"]["min_s"], s["step"]["max_s"]), note=note))
+        for key, r in entry["ratios"].items():
+            if "ratio" in r:
+                out.append(_fig(f"{key} ({job})", r["ratio"], "x", spread=(r["min"], r["max"]),
+                                target=r.get("target"), met=r.get("met"), note="> 1: sspo_jax is faster"))
+    return out
+
+
 FIGURES: dict[str, Callable[[dict], list[dict]]] = {
     "train": figures_train, "rollout": figures_rollout, "model": figures_model, "iteration": figures_iteration,
     "losses": figures_losses, "rewards": figures_rewards, "mesh": figures_mesh,
+    "peers": figures_peers,  # summary only: not in PROFILES, so `make bench` never builds the peer venvs
 }
 
 

@@ -219,6 +219,18 @@ def _summary(cls: type) -> str:
     return " ".join(first.split())
 
 
+def _paper_table() -> str:
+    """Each preset with its paper and what it sets (`presets.PAPERS`)."""
+    missing = [n for n in presets.names() if n not in presets.PAPERS]
+    if missing:
+        raise DocsError(f"presets {missing} have no entry in sspo_jax.algorithms.presets.PAPERS")
+    rows = ["| preset | paper | what it sets |", "|---|---|---|"]
+    for name in presets.names():
+        paper, what = presets.PAPERS[name]
+        rows.append(f"| `{name}` | {_cell(paper)} | {_cell(what)} |")
+    return "\n".join(rows)
+
+
 def _preset_table() -> str:
     """Fields in which at least one preset differs from the `AlgorithmConfig` defaults."""
     names = presets.names()
@@ -298,7 +310,10 @@ def render_configuration_reference() -> str:
                 defaults=job.algorithm,
                 extra_rows=[("`algorithm.preset`", " \\| ".join(json.dumps(n) for n in presets.names()),
                              '`"sspo"`', "the preset the section starts from (`sspo_jax/algorithms/presets.py`).")])
-            out += ["### Preset values", "",
+            out += ["### Presets", "",
+                    "Each preset, its paper and what it sets (`PAPERS` in `sspo_jax/algorithms/presets.py`):", "",
+                    _paper_table(), "",
+                    "### Preset values", "",
                     "Fields in which some preset differs from the plain `AlgorithmConfig()` defaults:", "",
                     _preset_table(), ""]
         else:
@@ -334,7 +349,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "data/prompts_rejected": ("always", "over-long prompts skipped while filling the step's batch "
                                         "(`data.overlong_prompt=reject`); the run's total is in summary.json."),
     "reward/overlong_penalty_mean": ("`algorithm.overlong_buffer_frac` set (DAPO)",
-                                     "mean soft overlong penalty added to the reward (in [-factor, 0])."),
+                                     "mean soft overlong penalty added to the reward (in [-w, 0] with w = "
+                                     "overlong_penalty_factor * overlong_reward_span / 2)."),
     "accuracy": ("always", "fraction of the step's responses that the correctness reward (`eval.reward`) "
                            "scores 1: training accuracy at the sampling temperature."),
     "response_length/mean": ("always", "mean response length in tokens (stop token included)."),
@@ -343,7 +359,8 @@ METRICS: dict[str, tuple[str, str]] = {
     # dynamic sampling
     "dynamic_sampling/rounds": ("`algorithm.dynamic_sampling` (DAPO)", "generation rounds used to fill the batch."),
     "dynamic_sampling/kept_groups": ("`algorithm.dynamic_sampling` (DAPO)",
-                                     "groups with reward variance kept for the update."),
+                                     "groups kept for the update because their `algorithm.dynamic_sampling_metric` "
+                                     "(correctness by default, or the total reward) varies."),
     "dynamic_sampling/filler_groups": ("`algorithm.dynamic_sampling` (DAPO)",
                                        "groups added with an all-zero mask because `max_sampling_rounds` ran out "
                                        "(they train on nothing)."),
@@ -351,6 +368,10 @@ METRICS: dict[str, tuple[str, str]] = {
     "zero_variance_group_frac": ("group advantages", "fraction of groups whose rewards are all equal (their "
                                                      "advantages are exactly 0)."),
     "value_mean": ("`advantage=gae` (PPO)", "mean old token value V over valid response tokens."),
+    "kl_in_reward_mean": ("`algorithm.kl_in_reward_beta` > 0 (PPO)",
+                          "mean per-token KL of the behaviour policy to the reference (estimator "
+                          "`algorithm.kl_in_reward_estimator`) over valid response tokens; each token's reward "
+                          "carries -kl_in_reward_beta times its KL."),
     "critic_value_mean": ("`advantage=sequence_baseline` (SPPO)", "mean predicted success probability "
                                                                   "sigmoid(z(x)) of the prompt critic."),
     "advantage/mean": ("always", "mean advantage over valid response tokens."),
@@ -423,7 +444,9 @@ METRICS: dict[str, tuple[str, str]] = {
     "updates": ("always", "minibatch updates attempted this step (ppo_epochs x num_minibatches)."),
     "consecutive_skipped_steps": ("always", "steps in a row all of whose updates were skipped (the run stops at "
                                             "`train.max_consecutive_skips`)."),
-    "lr": ("always", "policy learning rate at this step's first update."),
+    "lr": ("always", "policy learning rate of this step's first update: the schedule at the policy optimizer's "
+                     "update count before the step (0 at step 1 with warmup; during critic warm-up, the lr its "
+                     "first update will use)."),
     # timing
     "time/generate_and_score": ("always", "seconds spent generating responses and computing rewards."),
     "time/stats": ("always", "seconds of the old-policy statistics pass (log-probs, entropies, reference, "
@@ -467,7 +490,8 @@ def render_metrics_glossary() -> str:
     groups = [
         ("Rewards and accuracy of the rollout", ("reward/", "accuracy", "response_length/", "truncated_frac")),
         ("Dynamic sampling (DAPO)", ("dynamic_sampling/",)),
-        ("Advantages and rollout statistics", ("zero_variance_group_frac", "value_mean", "critic_value_mean",
+        ("Advantages and rollout statistics", ("zero_variance_group_frac", "value_mean", "kl_in_reward_mean",
+                                               "critic_value_mean",
                                                "advantage/", "sampler_logp", "old_entropy_mean")),
         ("The update", ("policy/", "skipped_updates", "updates", "consecutive_skipped_steps", "lr")),
         ("Prompts", ("data/",)),

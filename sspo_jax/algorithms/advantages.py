@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from sspo_jax.algorithms.config import AlgorithmConfig
+from sspo_jax.algorithms.kl import kl_penalty
 
 Array = jax.Array
 
@@ -114,6 +115,30 @@ def outcome_token_rewards(rewards: Array, response_mask: Array) -> Array:
     return jnp.where(onehot, rewards.astype(jnp.float32)[:, None], 0.0)
 
 
+def kl_shaped_token_rewards(rewards: Array, response_mask: Array, old_logp: Array, ref_logp: Array, *,
+                            beta: float, estimator: str = "k1") -> tuple[Array, Array]:
+    """PPO's per-token reward with the KL in it (InstructGPT; verl's ``use_kl_in_reward``):
+    ``r_t = -beta * KL_t`` on every valid response token, plus the outcome reward R on the last.
+
+    ``KL_t = kl_penalty(old_logp, ref_logp, estimator)`` at the sampled token, e.g. k1:
+    ``log pi_old(y_t) - log pi_ref(y_t)``. No gradient flows (rollout data).
+
+    Args:
+      rewards: float [B] outcome rewards.
+      response_mask: bool or 0/1 [B, T].
+      old_logp: float [B, T] behaviour-policy log-probs of the sampled tokens.
+      ref_logp: float [B, T] reference-policy log-probs of the same tokens.
+      beta: the KL coefficient (>= 0).
+      estimator: ``k1``, ``k2`` or ``k3`` (see `kl.kl_penalty`).
+    Returns:
+      (token rewards float32 [B, T], KL_t float32 [B, T]), both 0 on masked positions.
+    """
+    valid = response_mask.astype(bool)
+    kl_t = kl_penalty(jax.lax.stop_gradient(old_logp), ref_logp, estimator)
+    kl_t = jnp.where(valid, kl_t, 0.0)
+    return outcome_token_rewards(rewards, valid) - beta * kl_t, kl_t
+
+
 def gae(token_rewards: Array, values: Array, response_mask: Array, *, gamma: float = 1.0,
         lam: float = 1.0) -> tuple[Array, Array]:
     """Generalised advantage estimation over response tokens with a reverse `lax.scan`.
@@ -195,7 +220,8 @@ class AdvantageResult:
       returns: fp32 [N, T] value targets (GAE's A + V on response tokens; zeros for the other
         estimators).
       metrics: float32 [] diagnostics: ``zero_variance_group_frac`` (group estimators),
-        ``value_mean`` (GAE: the critic's mean value over response tokens) or
+        ``value_mean`` (GAE: the critic's mean value over response tokens; with the KL in the
+        reward also ``kl_in_reward_mean``, the mean KL_t over response tokens) or
         ``critic_value_mean`` (sequence baseline: mean of sigmoid(z(x))).
     """
 
@@ -205,13 +231,16 @@ class AdvantageResult:
 
 
 def estimate_advantages(cfg: AlgorithmConfig, rewards: Array, response_mask: Array, *,
-                        values: Optional[Array] = None, prompt_logits: Optional[Array] = None) -> AdvantageResult:
+                        values: Optional[Array] = None, prompt_logits: Optional[Array] = None,
+                        old_logp: Optional[Array] = None, ref_logp: Optional[Array] = None) -> AdvantageResult:
     """The advantage estimator ``cfg.advantage`` (ALGORITHMS.md 5) behind one entry point.
 
     ``group_zscore``: A_i = (R_i - mean_G R) / (std_G R + cfg.adv_eps); ``group_mean``: R_i - mean_G R;
     ``rloo``: R_i minus the mean of the other G - 1; ``gae``: reverse scan over response tokens with
-    the outcome reward on the last valid token (``cfg.gae_gamma``, ``cfg.gae_lambda``), whitened
-    over valid tokens when ``cfg.whiten_advantages``; ``sequence_baseline``: A = R - sigmoid(z(x)).
+    the outcome reward on the last valid token (``cfg.gae_gamma``, ``cfg.gae_lambda``) and, with
+    ``cfg.kl_in_reward_beta > 0``, ``-beta * KL_t`` on every response token
+    (`kl_shaped_token_rewards`), whitened over valid tokens when ``cfg.whiten_advantages``;
+    ``sequence_baseline``: A = R - sigmoid(z(x)).
     All-equal groups get exactly 0. Pure and jit-able; no gradient flows (inputs are rollout data).
 
     Args:
@@ -220,6 +249,8 @@ def estimate_advantages(cfg: AlgorithmConfig, rewards: Array, response_mask: Arr
       response_mask: bool or 0/1 [N, T], 1 on trained response tokens.
       values: fp32 [N, T] token values of the critic at rollout time (``gae`` only).
       prompt_logits: fp32 [N] prompt critic logits z(x) (``sequence_baseline`` only).
+      old_logp, ref_logp: fp32 [N, T] behaviour and reference log-probs (``gae`` with
+        ``cfg.kl_in_reward_beta > 0`` only).
     Returns:
       `AdvantageResult` with advantages and returns fp32 [N, T] and the estimator's metrics.
     Raises:
@@ -240,10 +271,22 @@ def estimate_advantages(cfg: AlgorithmConfig, rewards: Array, response_mask: Arr
     if kind == "gae":
         if values is None:
             raise ValueError("advantage='gae' needs the critic's token values [N, T] (values=...)")
-        a, returns = gae(outcome_token_rewards(rewards, mask), values, mask, gamma=cfg.gae_gamma, lam=cfg.gae_lambda)
+        n_valid = jnp.maximum(jnp.sum(mask), 1)
+        metrics = {}
+        if cfg.kl_in_reward_beta > 0:
+            if old_logp is None or ref_logp is None:
+                raise ValueError(f"kl_in_reward_beta={cfg.kl_in_reward_beta} needs the behaviour and reference "
+                                 "log-probs [N, T] (old_logp=..., ref_logp=...)")
+            token_rewards, kl_t = kl_shaped_token_rewards(rewards, mask, old_logp, ref_logp,
+                                                          beta=cfg.kl_in_reward_beta,
+                                                          estimator=cfg.kl_in_reward_estimator)
+            metrics["kl_in_reward_mean"] = jnp.sum(kl_t) / n_valid
+        else:
+            token_rewards = outcome_token_rewards(rewards, mask)
+        a, returns = gae(token_rewards, values, mask, gamma=cfg.gae_gamma, lam=cfg.gae_lambda)
         a = whiten(a, mask) if cfg.whiten_advantages else a
-        value_mean = jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
-        return AdvantageResult(a.astype(jnp.float32), returns.astype(jnp.float32), {"value_mean": value_mean})
+        metrics["value_mean"] = jnp.sum(jnp.where(mask, values, 0.0)) / n_valid
+        return AdvantageResult(a.astype(jnp.float32), returns.astype(jnp.float32), metrics)
     if kind == "sequence_baseline":
         if prompt_logits is None:
             raise ValueError("advantage='sequence_baseline' needs the prompt critic's logits [N] (prompt_logits=...)")

@@ -20,6 +20,7 @@ KLEstimator = Literal["k1", "k2", "k3"]
 AdvantageEstimator = Literal["group_zscore", "group_mean", "rloo", "gae", "sequence_baseline"]
 CriticKind = Literal["none", "token", "prompt"]
 PolicyLossKind = Literal["ppo_clip", "gmpo", "cispo", "clip_cov", "kl_cov"]
+DynamicSamplingMetric = Literal["correct", "reward"]
 
 GRANULARITIES = ("subsentence", "token", "sequence")
 RATIO_FORMS = ("sg", "broadcast")
@@ -29,6 +30,7 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 ADVANTAGE_ESTIMATORS = ("group_zscore", "group_mean", "rloo", "gae", "sequence_baseline")
 CRITIC_KINDS = ("none", "token", "prompt")
 POLICY_LOSS_KINDS = ("ppo_clip", "gmpo", "cispo", "clip_cov", "kl_cov")
+DYNAMIC_SAMPLING_METRICS = ("correct", "reward")
 
 # Default delimiters (ALGORITHMS.md 1a): ASCII clause/sentence punctuation, newline, full-width forms.
 DEFAULT_DELIMITERS = ",.;:!?\n\uff0c\u3002\uff1b\uff1a\uff01\uff1f"
@@ -201,17 +203,38 @@ class AlgorithmConfig:
       adv_eps: the epsilon added to the group std.
       gae_gamma, gae_lambda: discount and GAE lambda (``advantage=gae``).
       whiten_advantages: normalise GAE advantages to mean 0, std 1 over valid tokens.
+      kl_in_reward_beta: the KL penalty in the per-token reward of GAE (InstructGPT; verl's
+        ``algorithm.use_kl_in_reward`` with ``kl_ctrl.kl_coef``): each response token's reward is
+        ``-kl_in_reward_beta * KL_t`` (plus the outcome reward on the last token), with KL_t of the
+        behaviour policy (the stats pass's ``old_logp``) to the reference at the sampled token.
+        0 = off; > 0 needs ``advantage='gae'``. Independent of `kl_beta` (the KL in the loss).
+      kl_in_reward_estimator: the KL_t of `kl_in_reward_beta`: ``k1`` (default: ``log pi_old -
+        log pi_ref``, InstructGPT's and verl's default ``kl``; its expectation is the KL and the sum
+        over a response is the sequence log-ratio), ``k2`` or ``k3`` (>= 0 per token). A reward is
+        not differentiated, so only the estimator's value matters here (see `kl.py`).
       critic: none | token (PPO value model) | prompt (SPPO scalar critic).
+      critic_warmup_steps: the first K trainer steps update only the critic: the policy's
+        parameters and optimizer state stay unchanged (verl's ``trainer.critic_warmup``), and the
+        policy's learning-rate schedule starts at its first update. 0 = off; > 0 needs a critic.
       value_clip: PPO value clip range c_v.
       value_coef: weight of the value loss.
 
     Sampling and schedule (used by the trainer):
       group_size: responses sampled per prompt (G).
       dynamic_sampling: DAPO's filter of groups whose rewards are all equal.
+      dynamic_sampling_metric: the per-response score that must vary inside a group for dynamic
+        sampling to keep it: ``correct`` (default: the correctness reward ``eval.reward``, as
+        verl's DAPO recipe filters on accuracy, so length shaping alone never keeps a group whose
+        responses are all right or all wrong) or ``reward`` (the total reward, shaping included).
       max_sampling_rounds: cap on generation rounds used to fill a batch.
       overlong_buffer_frac: DAPO's soft overlong penalty with L_cache = frac * max response length
         (tokens; None = off; the DAPO paper uses 4096 of 20480 = 0.2).
       overlong_penalty_factor: weight of the overlong penalty.
+      overlong_reward_span: ``R_max - R_min`` of the task reward that the overlong penalty is
+        weighed against; the penalty ``R_len`` in [-1, 0] is multiplied by
+        ``overlong_penalty_factor * overlong_reward_span / 2``. DAPO's rewards are +-1 (span 2:
+        the paper's penalty); this project's correctness rewards are 0/1, so the default 1 gives
+        the penalty the paper's weight relative to correctness (R_len in [-0.5, 0] at factor 1).
       mask_truncated: drop truncated responses from the loss.
       ppo_epochs: passes over one rollout batch.
       num_minibatches: minibatches (optimizer steps) per pass over one rollout batch.
@@ -255,15 +278,20 @@ class AlgorithmConfig:
     gae_gamma: float = 1.0
     gae_lambda: float = 1.0
     whiten_advantages: bool = True
+    kl_in_reward_beta: float = 0.0
+    kl_in_reward_estimator: KLEstimator = "k1"
     critic: CriticKind = "none"
+    critic_warmup_steps: int = 0
     value_clip: float = 0.5
     value_coef: float = 1.0
     # sampling and schedule
     group_size: int = 8
     dynamic_sampling: bool = False
+    dynamic_sampling_metric: DynamicSamplingMetric = "correct"
     max_sampling_rounds: int = 3
     overlong_buffer_frac: Optional[float] = None
     overlong_penalty_factor: float = 1.0
+    overlong_reward_span: float = 1.0
     mask_truncated: bool = False
     ppo_epochs: int = 1
     num_minibatches: int = 1
@@ -330,7 +358,11 @@ class AlgorithmConfig:
         _check(self.adv_eps > 0, f"adv_eps={self.adv_eps} must be > 0")
         _check(0 <= self.gae_gamma <= 1 and 0 <= self.gae_lambda <= 1,
                f"gae_gamma={self.gae_gamma} and gae_lambda={self.gae_lambda} must be in [0, 1]")
+        _check(self.kl_in_reward_beta >= 0, f"kl_in_reward_beta={self.kl_in_reward_beta} must be >= 0")
+        _choice("kl_in_reward_estimator", self.kl_in_reward_estimator, KL_ESTIMATORS)
         _choice("critic", self.critic, CRITIC_KINDS)
+        _check(isinstance(self.critic_warmup_steps, int) and self.critic_warmup_steps >= 0,
+               f"critic_warmup_steps={self.critic_warmup_steps!r} must be an integer >= 0")
         _check(self.value_clip > 0, f"value_clip={self.value_clip} must be > 0")
         _check(self.value_coef >= 0, f"value_coef={self.value_coef} must be >= 0")
         _check(isinstance(self.group_size, int) and self.group_size >= 1,
@@ -340,6 +372,9 @@ class AlgorithmConfig:
         _check(self.overlong_buffer_frac is None or 0 < self.overlong_buffer_frac < 1,
                f"overlong_buffer_frac={self.overlong_buffer_frac!r} must be None or in (0, 1)")
         _check(self.overlong_penalty_factor >= 0, f"overlong_penalty_factor={self.overlong_penalty_factor} must be >= 0")
+        _check(self.overlong_reward_span > 0,
+               f"overlong_reward_span={self.overlong_reward_span} must be > 0 (R_max - R_min of the task reward)")
+        _choice("dynamic_sampling_metric", self.dynamic_sampling_metric, DYNAMIC_SAMPLING_METRICS)
         _check(isinstance(self.ppo_epochs, int) and self.ppo_epochs >= 1, f"ppo_epochs={self.ppo_epochs!r} must be an integer >= 1")
         _check(isinstance(self.num_minibatches, int) and self.num_minibatches >= 1,
                f"num_minibatches={self.num_minibatches!r} must be an integer >= 1")
@@ -348,6 +383,12 @@ class AlgorithmConfig:
             _check(self.critic == "token", f"advantage='gae' needs critic='token' (a value per token), got critic={self.critic!r}")
         if self.advantage == "sequence_baseline":
             _check(self.critic == "prompt", f"advantage='sequence_baseline' needs critic='prompt', got critic={self.critic!r}")
+        if self.kl_in_reward_beta > 0:
+            _check(self.advantage == "gae", f"kl_in_reward_beta={self.kl_in_reward_beta} puts the KL into per-token "
+                   f"rewards, which only advantage='gae' reads, got advantage={self.advantage!r}")
+        if self.critic_warmup_steps > 0:
+            _check(self.critic != "none", f"critic_warmup_steps={self.critic_warmup_steps} warms up a critic, "
+                   "but critic='none'")
         if self.advantage in ("group_zscore", "group_mean", "rloo") and self.dynamic_sampling:
             _check(self.group_size >= 2, "dynamic_sampling needs group_size >= 2 (it drops groups whose rewards are all equal)")
 
@@ -355,6 +396,12 @@ class AlgorithmConfig:
     def uses_entropy(self) -> bool:
         """Whether the loss needs the old policy's per-token entropy."""
         return self.entropy_alpha > 0 or self.entropy_mask_percentile is not None
+
+    @property
+    def needs_ref_logp(self) -> bool:
+        """Whether the stats pass must compute the reference policy's log-probs: a KL in the loss
+        (``kl_beta > 0``) or in the reward (``kl_in_reward_beta > 0``)."""
+        return self.kl_beta > 0 or self.kl_in_reward_beta > 0
 
     @property
     def uses_rng(self) -> bool:

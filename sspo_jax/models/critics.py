@@ -46,10 +46,11 @@ class ScalarHead(nnx.Module):
 
 class _Critic(nnx.Module):
     def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32,
-                 compute_dtype=None, remat: bool = False, head_init_std: float = 1e-3):
+                 compute_dtype=None, remat: bool = False, head_init_std: float = 1e-3,
+                 scan_layers: bool = True):
         self.config = config
         self.model = DecoderModel(config, rngs=rngs, param_dtype=param_dtype,
-                                compute_dtype=compute_dtype, remat=remat)
+                                compute_dtype=compute_dtype, remat=remat, scan_layers=scan_layers)
         self.value_head = ScalarHead(config.hidden_size, rngs=rngs, init_std=head_init_std,
                                      param_dtype=param_dtype)
 
@@ -57,7 +58,7 @@ class _Critic(nnx.Module):
     def from_policy_checkpoint(cls, path: str | os.PathLike, *, seed: int = 0,
                                dtype=jnp.float32, compute_dtype=None, mesh=None,
                                sharding_for=None, remat: bool = False,
-                               head_init_std: float = 1e-3):
+                               head_init_std: float = 1e-3, scan_layers: bool = True):
         """Backbone from a HF Qwen2 / Qwen3 / Llama policy directory, fresh head from `seed`.
 
         Arguments as in `sspo_jax.models.from_pretrained`; `head_init_std` scales the head
@@ -68,7 +69,7 @@ class _Critic(nnx.Module):
         cfg = DecoderConfig.from_pretrained_dir(path)
         critic = nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0), param_dtype=dtype,
                                             compute_dtype=compute_dtype, remat=remat,
-                                            head_init_std=head_init_std))
+                                            head_init_std=head_init_std, scan_layers=scan_layers))
         hf_io.load_into(critic, path, cfg, dtype=dtype, mesh=mesh, sharding_for=sharding_for,
                         need_lm_head=False)
         head = ScalarHead(cfg.hidden_size, rngs=nnx.Rngs(seed), init_std=head_init_std,

@@ -279,7 +279,7 @@ def load_into(module: nnx.Module, path: str | os.PathLike, cfg: DecoderConfig, *
 
 def from_pretrained(path: str | os.PathLike, *, dtype=jnp.float32, compute_dtype=None, mesh=None,
                     sharding_for: ShardingFn | None = None,
-                    remat: bool = False) -> DecoderForCausalLM:
+                    remat: bool = False, scan_layers: bool = True) -> DecoderForCausalLM:
     """Loads a HF Qwen2, Qwen3 or Llama directory into a Flax `DecoderForCausalLM`.
 
     Args:
@@ -288,13 +288,15 @@ def from_pretrained(path: str | os.PathLike, *, dtype=jnp.float32, compute_dtype
       compute_dtype: activation dtype (default: `dtype`); e.g. bf16 compute over fp32 params.
       mesh, sharding_for: placement, see `load_into`.
       remat: recompute layer activations in the backward pass.
+      scan_layers: False unrolls the training forward's layer scan (see `DecoderModel`).
     Raises:
       ModelError: unreadable or unsupported config.json (e.g. model_type, listing the supported).
       CheckpointError: missing/unexpected tensor, shape mismatch, unreadable safetensors file.
     """
     cfg = DecoderConfig.from_pretrained_dir(path)
     model = nnx.eval_shape(lambda: DecoderForCausalLM(
-        cfg, rngs=nnx.Rngs(0), param_dtype=dtype, compute_dtype=compute_dtype, remat=remat))
+        cfg, rngs=nnx.Rngs(0), param_dtype=dtype, compute_dtype=compute_dtype, remat=remat,
+        scan_layers=scan_layers))
     filled = load_into(model, path, cfg, dtype=dtype, mesh=mesh, sharding_for=sharding_for)
     unfilled = [p for p, _ in _param_variables(model) if p not in filled]
     if unfilled:  # a programming error: every policy parameter has an HF source

@@ -93,22 +93,33 @@ def token_logprobs_and_entropy(hidden: Array, unembed: Array, targets: Array, *,
 
 def token_logprobs_from_hidden(hidden: Array, unembed: Array, tokens: Array, *,
                                chunk_size: int = 512, compute_entropy: bool = True,
-                               unembed_layout: str = "vh") -> tuple[Array, Array | None]:
+                               unembed_layout: str = "vh", start: int = 1) -> tuple[Array, Array | None]:
     """Package-convention log-probs of a row's own tokens: `logp[b, t] = log p(tok_t | tok_<t)`.
 
     Args:
       hidden: [B, T, H] final hidden states of the full rows `tokens`.
       unembed, chunk_size, compute_entropy, unembed_layout: as in `token_logprobs_and_entropy`.
       tokens: [B, T] the same token rows that produced `hidden`.
+      start: the first column scored (static, 1 <= start <= T), e.g. the prompt width P of
+        left-padded rows, so that only the response columns are projected onto the vocabulary
+        (the projection's cost and memory scale with the scored columns, and a 152k-token head
+        dominates a small model's step). Columns before `start` are 0.
     Returns:
-      (logp [B, T], entropy [B, T] or None), fp32; column 0 is 0 in both (token 0 has no
-      context). `entropy[b, t]` is the entropy of the distribution that token t was drawn from.
-      Mask the result with the response mask: positions under padding are meaningless.
+      (logp [B, T], entropy [B, T] or None), fp32; columns ``< start`` (column 0 always: token 0
+      has no context) are 0 in both. `entropy[b, t]` is the entropy of the distribution that
+      token t was drawn from. Mask the result with the response mask: positions under padding
+      are meaningless.
     """
-    logp, ent = token_logprobs_and_entropy(hidden[:, :-1], unembed, tokens[:, 1:],
+    t = tokens.shape[1]
+    if not 1 <= start <= t:
+        raise ValueError(f"start={start} must be in [1, {t}] (the row width)")
+    if start == t:  # nothing to score
+        zeros = jnp.zeros(tokens.shape, _F32)
+        return zeros, (zeros if compute_entropy else None)
+    logp, ent = token_logprobs_and_entropy(hidden[:, start - 1:-1], unembed, tokens[:, start:],
                                            chunk_size=chunk_size, compute_entropy=compute_entropy,
                                            unembed_layout=unembed_layout)
-    pad = ((0, 0), (1, 0))
+    pad = ((0, 0), (start, 0))
     return jnp.pad(logp, pad), (jnp.pad(ent, pad) if ent is not None else None)
 
 

@@ -4,7 +4,9 @@
              = ((L_max - L_cache) - |y|) / L_cache  if L_max - L_cache < |y| <= L_max
              = -1                                if |y| > L_max
 
-It is added to the correctness reward (give it weight 1 in `RewardConfig.weights`).
+It is added to the correctness reward by its weight in `RewardConfig.weights`: DAPO's rewards are
++-1, so against 0/1 correctness rewards weight 0.5 gives it the paper's relative weight (training
+uses `algorithm.overlong_buffer_frac` instead, scaled by `algorithm.overlong_reward_span`).
 """
 
 from __future__ import annotations

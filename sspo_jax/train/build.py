@@ -183,7 +183,8 @@ def build_run(cfg: TrainConfig, run_dir: Path, *, echo: Callable[[str], None] = 
     dtype = jnp.dtype(cfg.model.dtype)
     compute = jnp.dtype(cfg.model.compute_dtype) if cfg.model.compute_dtype else None
     place = sharding_for(mesh) if mesh is not None else None  # weights go straight to their shards
-    policy = from_pretrained(model_dir, dtype=dtype, compute_dtype=compute, remat=cfg.model.remat, sharding_for=place)
+    policy = from_pretrained(model_dir, dtype=dtype, compute_dtype=compute, remat=cfg.model.remat,
+                             scan_layers=cfg.model.scan_layers, sharding_for=place)
     vocab = policy.config.vocab_size
     if len(tokenizer) > vocab:
         raise ConfigError(f"the tokenizer has {len(tokenizer)} ids but the model's vocab_size is {vocab}: "
@@ -195,13 +196,15 @@ def build_run(cfg: TrainConfig, run_dir: Path, *, echo: Callable[[str], None] = 
         critic_dir = resolve_model_path(cfg.model.critic_path) if cfg.model.critic_path else model_dir
         critic = critic_cls.from_policy_checkpoint(critic_dir, seed=cfg.train.seed, dtype=dtype, compute_dtype=compute,
                                                    remat=cfg.model.remat, head_init_std=cfg.model.critic_head_init_std,
-                                                   sharding_for=place)
+                                                   scan_layers=cfg.model.scan_layers, sharding_for=place)
         critic_gd, critic_params = nnx.split(critic)
     sampling = resolve_sampling(cfg.sampling, tokenizer, policy.config.eos_token_id,
                                 checkpoint_stops=checkpoint_stop_tokens(cfg, model_dir), vocab_size=vocab)
     updates_per_step = alg.ppo_epochs * alg.num_minibatches
     total_updates = cfg.train.steps * updates_per_step
-    policy_tx = optim.make_optimizer(cfg.optim, total_updates)
+    # critic warm-up: the policy's first update (schedule count 0) comes after the K warm-up steps
+    policy_updates = (cfg.train.steps - alg.critic_warmup_steps) * updates_per_step
+    policy_tx = optim.make_optimizer(cfg.optim, policy_updates)
     critic_tx = optim.make_optimizer(cfg.optim, total_updates, critic=True) if critic_gd is not None else None
     opt_state = policy_tx.init(params)
     critic_opt = critic_tx.init(critic_params) if critic_params is not None else None
@@ -210,14 +213,14 @@ def build_run(cfg: TrainConfig, run_dir: Path, *, echo: Callable[[str], None] = 
         critic_opt = shard_like(critic_opt, critic_params, mesh) if critic_opt is not None else None
     state = TrainState(step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(jax.random.key(cfg.train.seed)),
                        params=params, opt_state=opt_state, critic_params=critic_params, critic_opt_state=critic_opt,
-                       ref_params=jax.tree.map(jnp.copy, params) if alg.kl_beta > 0 else None)
+                       ref_params=jax.tree.map(jnp.copy, params) if alg.needs_ref_logp else None)
     if mesh is not None:  # scalars live on every device of the mesh, like the parameters
         state = state.replace(step=jax.device_put(state.step, replicated(mesh)),
                               rng=jax.device_put(state.rng, replicated(mesh)))
     return RunParts(model_dir=model_dir, tokenizer=tokenizer, model_config=policy.config,
                     models=Models(policy=policy_gd, critic=critic_gd, critic_kind=alg.critic), sampling=sampling,
                     mesh=mesh, rows=HostRows(mesh, procs), state=state, policy_tx=policy_tx, critic_tx=critic_tx,
-                    lr_schedule=optim.learning_rate_schedule(cfg.optim, total_updates),
+                    lr_schedule=optim.learning_rate_schedule(cfg.optim, policy_updates),
                     updates_per_step=updates_per_step,
                     delimiter_table=build_delimiter_table(tokenizer, alg.segmentation, vocab_size=vocab))
 

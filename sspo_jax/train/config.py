@@ -94,6 +94,9 @@ class TrainConfig:
                               f"(rows {rows} / num_minibatches {alg.num_minibatches})")
         if alg.dynamic_sampling and alg.group_size < 2:
             raise ConfigError("algorithm.dynamic_sampling needs group_size >= 2")
+        if alg.critic_warmup_steps and alg.critic_warmup_steps >= self.train.steps:
+            raise ConfigError(f"algorithm.critic_warmup_steps={alg.critic_warmup_steps} must be below "
+                              f"train.steps={self.train.steps}: the policy would never be updated")
         if self.eval.reward not in dict(self.rewards.weights) and self.eval.reward not in ("math", "exact_match"):
             raise ConfigError(f"eval.reward={self.eval.reward!r} must be a correctness reward: 'math', 'exact_match' "
                               f"or one named in rewards.weights {list(dict(self.rewards.weights))}")

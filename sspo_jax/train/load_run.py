@@ -114,7 +114,7 @@ def abstract_train_state(cfg: TrainConfig, model_config: Any, abstract_params: A
     scalar = jax.ShapeDtypeStruct
     return TrainState(step=scalar((), jnp.int32), rng=scalar((2,), jnp.uint32), params=abstract_params,
                       opt_state=opt_state, critic_params=critic_params, critic_opt_state=critic_opt,
-                      ref_params=abstract_params if alg.kl_beta > 0 else None)
+                      ref_params=abstract_params if alg.needs_ref_logp else None)
 
 
 def _restore_leaves(where: Path, abstract: TrainState, wanted: set[int]) -> list:

@@ -98,3 +98,19 @@ def make_optimizer(cfg: OptimConfig, total_updates: int, *, critic: bool = False
     adamw = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
     parts.append(with_moment_dtype(adamw, moment_dtype(cfg)))
     return optax.chain(*parts)
+
+
+def schedule_count(opt_state) -> int | None:
+    """The update count of the learning-rate schedule in an optimizer state of `make_optimizer`:
+    the next update uses ``lr(count)`` (optax's ``ScaleByScheduleState``, which an update that
+    the non-finite guard skips, or a critic warm-up step, leaves unchanged); None when the state
+    has no schedule.
+
+    Args:
+      opt_state: the optimizer state (host or device arrays; read once, as a Python int).
+    """
+    leaves = jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
+    for leaf in leaves:
+        if isinstance(leaf, optax.ScaleByScheduleState):
+            return int(leaf.count)
+    return None

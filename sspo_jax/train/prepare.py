@@ -33,8 +33,8 @@ class PrepareFns:
     """The jitted functions of the preparation stages.
 
     Attributes:
-      stats: ``stats(state, tokens, attention_mask, last_prompt_index) -> dict`` (see
-        `sspo_jax.train.step.make_stats_fn`).
+      stats: ``stats(state, tokens, attention_mask, last_prompt_index, prompt_width=P) -> dict``
+        (see `sspo_jax.train.step.make_stats_fn`).
       segments: ``segments(tokens, response_mask) -> int32 [N, T]`` subsentence ids.
     """
 
@@ -93,7 +93,7 @@ def prepare_batch(scored: ScoredRollout, state: TrainState, fns: PrepareFns, row
     rmask = rows.to_device(response_mask_for_training(scored, alg))
     tokens, attn = rows.to_device(scored.tokens), rows.to_device(scored.attention_mask)
     last_prompt = rows.to_device(np.full((n_local,), scored.prompt_width - 1, np.int32))
-    stats = fns.stats(state, tokens, attn, last_prompt)
+    stats = fns.stats(state, tokens, attn, last_prompt, prompt_width=scored.prompt_width)
     zeros = rows.to_device(np.zeros((n_local, t), np.float32))
     if "old_logp" in stats:
         old_logp, entropy = stats["old_logp"], stats["entropy"]
@@ -102,8 +102,11 @@ def prepare_batch(scored: ScoredRollout, state: TrainState, fns: PrepareFns, row
     seg = fns.segments(tokens, rmask)
     rewards = rows.to_device(scored.rewards)
     critic = stats.get("critic")
+    kl_in_reward = alg.kl_in_reward_beta > 0  # needs the stats pass's old_logp (step.needs_policy_stats)
     adv = estimate_advantages(alg, rewards, rmask, values=critic if alg.advantage == "gae" else None,
-                              prompt_logits=critic if alg.advantage == "sequence_baseline" else None)
+                              prompt_logits=critic if alg.advantage == "sequence_baseline" else None,
+                              old_logp=old_logp if kl_in_reward else None,
+                              ref_logp=stats.get("ref_logp") if kl_in_reward else None)
     metrics = {k: float(v) for k, v in adv.metrics.items()}
     have = "old_logp" in stats
     metrics.update(batch_metrics(rmask, adv.advantages, old_logp if have else None, entropy if have else None,
@@ -113,6 +116,7 @@ def prepare_batch(scored: ScoredRollout, state: TrainState, fns: PrepareFns, row
         ref_logp=stats.get("ref_logp", zeros), segment_ids=seg, advantages=adv.advantages.astype(jnp.float32),
         returns=adv.returns if alg.advantage == "gae" else zeros,
         old_values=critic if alg.advantage == "gae" else zeros, rewards=rewards, last_prompt_index=last_prompt,
+        prompt_width=int(scored.prompt_width),
         entropy_stats=segment_entropy_stats(entropy, rmask, seg),
         entropy_threshold=entropy_threshold(entropy, rmask, alg.entropy_mask_percentile)
         if alg.entropy_mask_percentile is not None else None)

@@ -38,6 +38,10 @@ class ModelConfig:
       dtype: parameter dtype, ``float32`` or ``bfloat16``.
       compute_dtype: activation dtype; None = `dtype` (``bfloat16`` over fp32 params = mixed precision).
       remat: recompute layer activations in the backward pass (less memory, more compute).
+      scan_layers: run the training forward's layers under one ``lax.scan`` (compile time
+        independent of depth: the choice for deep models and accelerators); false unrolls it,
+        which makes a shallow model's update about 8% faster on CPU (no stacked residual buffers)
+        at a compile time that grows with depth. The same numbers either way.
       logprob_chunk_size: sequence chunk of the vocabulary projection for log-probs and entropy.
       critic_path: checkpoint the critic's backbone starts from (PPO/SPPO); None = the policy's.
       critic_head_init_std: standard deviation of the critic head's fresh kernel.
@@ -51,6 +55,7 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16"] = "float32"
     compute_dtype: Optional[Literal["float32", "bfloat16"]] = None
     remat: bool = False
+    scan_layers: bool = True
     logprob_chunk_size: int = 256
     critic_path: Optional[str] = None
     critic_head_init_std: float = 1e-3

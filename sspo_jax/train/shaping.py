@@ -2,8 +2,10 @@
 
 Both depend on the generation budget ``sampling.max_new_tokens`` (L_max), which the algorithm
 preset cannot know. DAPO's soft overlong penalty (ALGORITHMS.md 4) is configured by
-``algorithm.overlong_buffer_frac`` (L_cache = frac * L_max) and ``algorithm.overlong_penalty_factor``;
-the registry's ``overlong`` reward function computes the same penalty from its own
+``algorithm.overlong_buffer_frac`` (L_cache = frac * L_max), ``algorithm.overlong_penalty_factor``
+and ``algorithm.overlong_reward_span``: DAPO's rewards are +-1, so its penalty in [-1, 0] is half
+the reward range; here it is scaled by ``span / 2`` to keep that weight against this project's 0/1
+correctness rewards (span 1: the penalty lies in [-0.5, 0] at factor 1). The registry's ``overlong`` reward function computes the same penalty from its own
 ``rewards.overlong_*`` lengths for use outside training, and the training config refuses both
 at once (a double penalty).
 """
@@ -26,7 +28,8 @@ class OverlongShaping:
     Attributes:
       max_len: L_max in tokens (the generation budget).
       cache_len: L_cache in tokens, the soft zone below L_max (>= 1).
-      factor: the penalty's weight (DAPO: 1).
+      factor: the weight of R_len in [-1, 0]: ``overlong_penalty_factor * overlong_reward_span / 2``
+        (DAPO's +-1 rewards: 1; 0/1 rewards: 0.5).
     """
 
     max_len: int
@@ -35,11 +38,13 @@ class OverlongShaping:
 
 
 def overlong_shaping(alg: AlgorithmConfig, max_new_tokens: int) -> Optional[OverlongShaping]:
-    """The shaping a run applies: None when ``alg.overlong_buffer_frac`` is None."""
+    """The shaping a run applies: None when ``alg.overlong_buffer_frac`` is None; the penalty's
+    weight is ``overlong_penalty_factor * overlong_reward_span / 2`` (module docstring)."""
     if alg.overlong_buffer_frac is None:
         return None
     cache = max(1, int(round(alg.overlong_buffer_frac * max_new_tokens)))
-    return OverlongShaping(max_len=max_new_tokens, cache_len=cache, factor=float(alg.overlong_penalty_factor))
+    factor = float(alg.overlong_penalty_factor) * float(alg.overlong_reward_span) / 2.0
+    return OverlongShaping(max_len=max_new_tokens, cache_len=cache, factor=factor)
 
 
 def apply_shaping(rewards: np.ndarray, lengths: np.ndarray,

@@ -24,7 +24,8 @@ class TrainState:
       params: policy parameters (`nnx.State` of `nnx.Param`s).
       opt_state: Optax state of the policy.
       critic_params, critic_opt_state: the critic's (PPO, SPPO); None otherwise.
-      ref_params: frozen reference policy for the KL term; None when kl_beta == 0.
+      ref_params: frozen reference policy for the KL terms; None unless the algorithm
+        ``needs_ref_logp`` (a KL in the loss or in the reward).
     """
 
     step: Array
@@ -73,6 +74,9 @@ class RolloutBatch:
         normalisation; not split with the rows.
       entropy_threshold: float32 [], the global batch's entropy percentile of the top-entropy
         mask (``algorithm.entropy_mask_percentile``); None without the mask. Not split either.
+      prompt_width: P, the prompt columns (the same in every row), a static pytree field (not an
+        array: it fixes shapes, so SPPO's prompt critic runs its forward over ``tokens[:, :P]``
+        only); None: unknown, the critic reads whole rows.
     """
 
     tokens: Array
@@ -89,6 +93,7 @@ class RolloutBatch:
     last_prompt_index: Array
     entropy_stats: EntropyStats
     entropy_threshold: Optional[Array] = None
+    prompt_width: Optional[int] = dataclasses.field(default=None, metadata={"static": True})
 
     @property
     def num_rows(self) -> int:

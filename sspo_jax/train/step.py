@@ -49,10 +49,12 @@ def needs_policy_stats(alg: AlgorithmConfig, exact_on_policy_ratio: bool) -> boo
     They are needed unless every update of a batch is on-policy with the exact ratio
     (``exact_on_policy_ratio`` and ``ppo_epochs * num_minibatches == 1``) and the loss needs no
     entropy before it runs (``alg.uses_entropy``: SSPO's entropy-scaled bounds, top-entropy
-    masks). Reference log-probs (KL) and critic outputs are computed by the stats pass regardless.
+    masks) and the advantages need no behaviour log-probs (``alg.kl_in_reward_beta > 0``: PPO's
+    KL in the reward). Reference log-probs (KL) and critic outputs are computed by the stats pass
+    regardless.
     """
     off_policy = alg.ppo_epochs * alg.num_minibatches > 1
-    return (not exact_on_policy_ratio) or off_policy or alg.uses_entropy
+    return (not exact_on_policy_ratio) or off_policy or alg.uses_entropy or alg.kl_in_reward_beta > 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +74,8 @@ class Models:
 
 
 def policy_token_stats(graphdef, params, tokens: Array, attention_mask: Array, chunk_size: int,
-                       compute_entropy: bool, temperature: float = 1.0) -> tuple[Array, Array | None]:
+                       compute_entropy: bool, temperature: float = 1.0,
+                       prompt_width: int | None = None) -> tuple[Array, Array | None]:
     """Log-probs and entropies of each row's own tokens, ``logp[b, t] = log p(tok_t | tok_<t)``.
 
     The vocabulary projection runs `chunk_size` positions at a time (no [N, T, V] logits).
@@ -86,20 +89,25 @@ def policy_token_stats(graphdef, params, tokens: Array, attention_mask: Array, c
       chunk_size: positions per vocabulary-projection chunk.
       compute_entropy: also return the entropy of each next-token distribution.
       temperature: > 0; the sampling temperature.
+      prompt_width: P (static), the prompt columns of left-padded rows: only the response columns
+        ``>= P`` are projected onto the vocabulary (the prompt's own log-probs are never used, and
+        with a 152k vocabulary the projection is the largest matmul of a small model); columns
+        before P are then 0. None: every column from 1.
     Returns:
-      (logp, entropy or None), fp32 [N, T] each; column 0 is 0 and positions under padding are
-      meaningless: mask them with the response mask.
+      (logp, entropy or None), fp32 [N, T] each; column 0 (and with `prompt_width` every prompt
+      column) is 0 and positions under padding are meaningless: mask them with the response mask.
     """
     model = nnx.merge(graphdef, params)
     hidden = model.hidden_states(tokens, attention_mask)
     unembed = model.unembed_weight().astype(model.compute_dtype)
     if temperature != 1.0:
         unembed = unembed / jnp.asarray(temperature, unembed.dtype)
-    return token_logprobs_from_hidden(hidden, unembed, tokens, chunk_size=chunk_size, compute_entropy=compute_entropy)
+    return token_logprobs_from_hidden(hidden, unembed, tokens, chunk_size=chunk_size, compute_entropy=compute_entropy,
+                                      start=max(prompt_width or 1, 1))
 
 
 def critic_outputs(models: Models, critic_params, tokens: Array, attention_mask: Array,
-                   last_prompt_index: Array) -> Array:
+                   last_prompt_index: Array, prompt_width: int | None = None) -> Array:
     """The critic's outputs for full rows.
 
     Args:
@@ -107,6 +115,10 @@ def critic_outputs(models: Models, critic_params, tokens: Array, attention_mask:
       critic_params: the critic's parameters (gradient flows).
       tokens: int32 [N, T]; attention_mask: bool or 0/1 [N, T].
       last_prompt_index: int32 [N], column of each row's last prompt token (prompt critic only).
+      prompt_width: P (static), the prompt columns of left-padded rows: the prompt critic's forward
+        then runs over ``tokens[:, :P]`` only (it reads the last prompt position, which causal
+        attention makes independent of the response: the same logit for a fraction of the cost);
+        None: over whole rows. Ignored by the token critic.
     Returns:
       fp32 [N, T] token values (``token``: ``V[:, t]`` values the state before token t, 0 at
       column 0 and on padding) or fp32 [N] prompt logits z(x) (``prompt``).
@@ -114,6 +126,8 @@ def critic_outputs(models: Models, critic_params, tokens: Array, attention_mask:
     critic = nnx.merge(models.critic, critic_params)
     if models.critic_kind == "token":
         return critic(tokens, attention_mask)
+    if prompt_width is not None:
+        tokens, attention_mask = tokens[:, :prompt_width], attention_mask[:, :prompt_width]
     return critic(tokens, attention_mask, last_prompt_index=last_prompt_index)
 
 
@@ -123,14 +137,16 @@ def _micro_split(x: Array, n_micro: int) -> Array:
 
 def make_stats_fn(models: Models, alg: AlgorithmConfig, chunk_size: int, micro_rows: int,
                   temperature: float = 1.0, *, policy_stats: bool = True) -> Callable:
-    """``stats(state, tokens, attention_mask, last_prompt_index) -> dict`` (jitted, no gradient).
+    """``stats(state, tokens, attention_mask, last_prompt_index, prompt_width=None) -> dict`` (jitted,
+    no gradient).
 
     The rows are processed in ``max(N // micro_rows, 1)`` equal micro-batches with `lax.map`, so
     N must be divisible by that count (e.g. a multiple of `micro_rows`).
 
     Args:
       models: the static graph definitions.
-      alg: decides whether ``ref_logp`` (``kl_beta > 0``) and ``critic`` are computed.
+      alg: decides whether ``ref_logp`` (``alg.needs_ref_logp``: a KL in the loss or the reward)
+        and ``critic`` are computed.
       chunk_size: vocabulary-projection chunk, see `policy_token_stats`.
       micro_rows: rows per micro-batch.
       temperature: the sampling temperature (log-probs of the sampled distribution).
@@ -138,12 +154,15 @@ def make_stats_fn(models: Models, alg: AlgorithmConfig, chunk_size: int, micro_r
         that forward when nothing needs it (`needs_policy_stats`).
     Returns:
       The jitted ``stats`` function. Its arguments: a `TrainState`, tokens int32 [N, T],
-      attention_mask bool [N, T], last_prompt_index int32 [N]. Its dict holds fp32 ``old_logp``
+      attention_mask bool [N, T], last_prompt_index int32 [N] and the static ``prompt_width`` P
+      (the log-probs and entropies are then projected for the response columns only, see
+      `policy_token_stats`, and the prompt critic's forward covers the prompt columns only, see
+      `critic_outputs`; None: whole rows). Its dict holds fp32 ``old_logp``
       and ``entropy`` [N, T] (the behaviour policy, with `policy_stats`), ``ref_logp`` [N, T] (only with
-      ``kl_beta > 0``) and ``critic`` (only with a critic: token values [N, T] or prompt logits
+      ``alg.needs_ref_logp``) and ``critic`` (only with a critic: token values [N, T] or prompt logits
       [N], see `critic_outputs`); see `policy_token_stats` for the masking convention.
     """
-    def stats(state: TrainState, tokens, attention_mask, last_prompt_index):
+    def stats(state: TrainState, tokens, attention_mask, last_prompt_index, prompt_width=None):
         n = tokens.shape[0]
         n_micro = max(n // micro_rows, 1)
         xs = (_micro_split(tokens, n_micro), _micro_split(attention_mask, n_micro), _micro_split(last_prompt_index, n_micro))
@@ -153,18 +172,18 @@ def make_stats_fn(models: Models, alg: AlgorithmConfig, chunk_size: int, micro_r
             out = {}
             if policy_stats:  # the entropy is always logged; SSPO also scales its clip bounds with it
                 out["old_logp"], out["entropy"] = policy_token_stats(models.policy, state.params, tk, am, chunk_size,
-                                                                     True, temperature)
-            if alg.kl_beta > 0:
+                                                                     True, temperature, prompt_width)
+            if alg.needs_ref_logp:
                 out["ref_logp"] = policy_token_stats(models.policy, state.ref_params, tk, am, chunk_size, False,
-                                                     temperature)[0]
+                                                     temperature, prompt_width)[0]
             if models.critic_kind != "none":
-                out["critic"] = critic_outputs(models, state.critic_params, tk, am, lpi)
+                out["critic"] = critic_outputs(models, state.critic_params, tk, am, lpi, prompt_width)
             return out
 
         out = jax.lax.map(one, xs)
         return jax.tree.map(lambda a: a.reshape(n, *a.shape[2:]), out)
 
-    return jax.jit(stats)
+    return jax.jit(stats, static_argnames=("prompt_width",))
 
 
 # ---- metrics merging -------------------------------------------------------------------------
@@ -214,16 +233,38 @@ def _same_dtypes(new, old):
     return jax.tree.map(lambda n, o: n.astype(o.dtype), new, old)
 
 
+def minibatch_rows(shuffle_key: Array, epoch: int, n: int, num_minibatches: int) -> Array:
+    """The rows of each minibatch of one epoch: int32 [num_minibatches, n // num_minibatches].
+
+    A permutation of ``range(n)`` drawn with ``fold_in(shuffle_key, epoch)``, cut into equal
+    consecutive pieces, so every row is in exactly one minibatch per epoch; the identity order
+    (no shuffle) with one minibatch. `make_update_fn` draws ``shuffle_key`` as the second half of
+    ``jax.random.split(state.key)``.
+
+    Args:
+      shuffle_key: a typed PRNG key (shape []).
+      epoch: the epoch index (static).
+      n: rows N (static), a multiple of `num_minibatches`.
+      num_minibatches: minibatches per epoch (static).
+    """
+    perm = (jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n) if num_minibatches > 1
+            else jnp.arange(n))
+    return perm.astype(jnp.int32).reshape(num_minibatches, n // num_minibatches)
+
+
 def make_update_fn(models: Models, alg: AlgorithmConfig, policy_tx: optax.GradientTransformation,
                    critic_tx: optax.GradientTransformation | None, *, chunk_size: int, micro_rows: int,
                    temperature: float = 1.0, donate: bool = True, exact_on_policy_ratio: bool = True,
                    old_logp_from_sampler: bool = False) -> Callable:
     """``update(state, batch) -> (state, metrics)``, jitted with the state donated.
 
-    For each of ``alg.ppo_epochs`` epochs the batch's N rows are shuffled (a permutation drawn
-    from the state's PRNG key; no shuffle with one minibatch) and split into
+    For each of ``alg.ppo_epochs`` epochs the batch's N rows are shuffled (`minibatch_rows`: a
+    permutation drawn from the state's PRNG key, so every row is in exactly one minibatch per
+    epoch; no shuffle with one minibatch) and split into
     ``alg.num_minibatches`` minibatches, each into micro-batches of `micro_rows` rows (N a
-    multiple of ``num_minibatches * micro_rows``; the trainer config validates this). Per
+    multiple of ``num_minibatches * micro_rows``; the trainer config validates this). Every
+    minibatch of every epoch reads the same ``batch.old_logp`` (the stats pass's behaviour
+    log-probs): the old policy stays the one that sampled the batch. Per
     minibatch the policy gradient is ``sum_micro grad(loss_sum) / max(sum_micro denominator, 1)``
     (exact for every aggregation mode; the sums are fp32 whatever the parameter dtype), and
     likewise for the critic loss (`losses.clipped_value_loss` or `losses.bce_critic_loss`, times
@@ -237,6 +278,13 @@ def make_update_fn(models: Models, alg: AlgorithmConfig, policy_tx: optax.Gradie
     REINFORCE form ``-A * grad(logp)`` (plus KL), whatever the numerics of the stats pass.
     Clip-Cov (``alg.uses_rng``) gets a key per micro-batch folded from the state's key (the
     state's key advances as without it).
+
+    Critic warm-up (``alg.critic_warmup_steps`` K): while ``state.step < K`` (the first K trainer
+    steps) only the critic is updated; the policy's parameters and optimizer state are kept as
+    they are (its losses and metrics are still computed and reported).
+
+    SPPO's prompt critic runs over the prompt columns ``tokens[:, :batch.prompt_width]`` only
+    (see `critic_outputs`); whole rows when ``batch.prompt_width`` is None.
 
     Args:
       models: the static graph definitions.
@@ -271,7 +319,7 @@ def make_update_fn(models: Models, alg: AlgorithmConfig, policy_tx: optax.Gradie
 
     def policy_micro(params, mb: RolloutBatch, on_policy: Array, key: Array):
         logp, ent = policy_token_stats(models.policy, params, mb.tokens, mb.attention_mask, chunk_size,
-                                       old_logp_from_sampler, temperature)
+                                       old_logp_from_sampler, temperature, mb.prompt_width)
         lp_sg = jax.lax.stop_gradient(logp)
         old = jnp.where(on_policy, lp_sg, mb.old_logp) if exact_on_policy_ratio else mb.old_logp
         out = losses.policy_loss(alg, logp, old, mb.advantages, mb.response_mask,
@@ -293,7 +341,8 @@ def make_update_fn(models: Models, alg: AlgorithmConfig, policy_tx: optax.Gradie
         return out.loss_sum, out
 
     def critic_micro(critic_params, mb: RolloutBatch):
-        out = critic_outputs(models, critic_params, mb.tokens, mb.attention_mask, mb.last_prompt_index)
+        out = critic_outputs(models, critic_params, mb.tokens, mb.attention_mask, mb.last_prompt_index,
+                             mb.prompt_width)
         if models.critic_kind == "token":
             s, d = losses.clipped_value_loss(out, mb.old_values, mb.returns, mb.response_mask, alg.value_clip)
         else:
@@ -348,8 +397,10 @@ def make_update_fn(models: Models, alg: AlgorithmConfig, policy_tx: optax.Gradie
             finite = finite & _all_finite(new_cparams)
             out_metrics["critic_loss"] = cs / cdenom
             out_metrics["critic_grad_norm"] = optax.tree.norm(cgrads)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-        state = state.replace(params=keep(new_params, state.params), opt_state=keep(new_opt, state.opt_state))
+        keep = lambda new, old, ok=finite: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+        policy_ok = finite & (state.step >= alg.critic_warmup_steps)  # critic warm-up: the policy waits
+        state = state.replace(params=keep(new_params, state.params, policy_ok),
+                              opt_state=keep(new_opt, state.opt_state, policy_ok))
         if has_critic:
             state = state.replace(critic_params=keep(new_cparams, state.critic_params),
                                   critic_opt_state=keep(new_copt, state.critic_opt_state))
@@ -363,10 +414,9 @@ def make_update_fn(models: Models, alg: AlgorithmConfig, policy_tx: optax.Gradie
         loss_key = jax.random.fold_in(state.key, 0x5EED)  # Clip-Cov's picks; independent of the shuffle
         all_metrics = []
         for epoch in range(alg.ppo_epochs):
-            perm = jax.random.permutation(jax.random.fold_in(shuffle_key, epoch), n) if n_mb > 1 else jnp.arange(n)
+            idx = minibatch_rows(shuffle_key, epoch, n, n_mb)  # [n_mb, n // n_mb]: a partition of the rows
             rows, stats = split_globals(batch)
-            shuffled = jax.tree.map(lambda x: jnp.take(x, perm, axis=0).reshape(n_mb, n // n_mb, *x.shape[1:]),
-                                    rows)
+            shuffled = jax.tree.map(lambda x: jnp.take(x, idx, axis=0), rows)
             epoch_key = jax.random.fold_in(loss_key, epoch)
 
             def mb_body(st, xs, epoch=epoch, epoch_key=epoch_key):

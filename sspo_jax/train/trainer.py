@@ -30,7 +30,7 @@ from sspo_jax.data import PromptBatcher, build_source
 from sspo_jax.errors import TrainingError
 from sspo_jax.parallel import is_main_process, multiprocess
 from sspo_jax.parallel.host_data import reduce_metrics
-from sspo_jax.train import collect, metric_names as M, prepare, resume as resume_mod, sample, score
+from sspo_jax.train import collect, metric_names as M, optim, prepare, resume as resume_mod, sample, score
 from sspo_jax.train.console import StepConsole, run_summary
 from sspo_jax.train.build import build_run, check_disk_space, state_bytes
 from sspo_jax.train.checkpoint import Checkpointer
@@ -149,7 +149,8 @@ class Trainer:
         dynamic = alg.dynamic_sampling
         return collect.collect_batch(lambda r: self.draw(jax.random.fold_in(key, r) if dynamic else key),
                                      need=self.cfg.data.batch_size // self.rows.processes, group_size=alg.group_size,
-                                     dynamic=dynamic, max_rounds=alg.max_sampling_rounds)
+                                     dynamic=dynamic, max_rounds=alg.max_sampling_rounds,
+                                     metric=alg.dynamic_sampling_metric)
 
     def prepare(self, scored: ScoredRollout):
         """The device `RolloutBatch` of `scored` and its host metrics (`prepare.prepare_batch`)."""
@@ -174,6 +175,7 @@ class Trainer:
         batch, prep_metrics = self.prepare(roll)
         jax.block_until_ready(batch.old_logp)
         t2 = time.perf_counter()
+        lr_count = optim.schedule_count(self.state.opt_state)  # read before the update donates the state
         self.state, upd = self.update_fn(self.state, batch)
         upd = {k: float(v) for k, v in upd.items()}
         t3 = time.perf_counter()
@@ -197,7 +199,7 @@ class Trainer:
             M.ACCURACY: mean(roll.correct),
             M.RESPONSE_LENGTH_MEAN: float(roll.lengths.mean()), M.RESPONSE_LENGTH_MAX: float(roll.lengths.max()),
             M.TRUNCATED_FRAC: float(roll.truncated.mean()),
-            M.LR: float(self.lr_schedule(step * self.updates_per_step)),
+            M.LR: float(self.lr_schedule((step - 1) * self.updates_per_step if lr_count is None else lr_count)),
             M.TIME_GENERATE_AND_SCORE: t1 - t0, M.TIME_STATS: t2 - t1, M.TIME_UPDATE: t3 - t2, M.TIME_STEP: t3 - t0,
             M.TOKENS_PER_S: int(roll.response_mask.sum()) / max(t3 - t0, 1e-9),
         }

@@ -10,8 +10,9 @@ import pytest
 
 from sspo_jax.algorithms import presets
 from sspo_jax.algorithms.advantages import AdvantageResult, estimate_advantages
-from tests.algorithms.numpy_reference import (np_gae, np_group_mean, np_group_zscore, np_outcome_token_rewards,
-                                              np_rloo, np_sequence_baseline, np_zero_var_group_fraction)
+from tests.algorithms.numpy_reference import (np_gae, np_group_mean, np_group_zscore, np_kl,
+                                              np_outcome_token_rewards, np_rloo, np_sequence_baseline,
+                                              np_zero_var_group_fraction)
 
 N, T, G = 8, 6, 4
 
@@ -51,6 +52,32 @@ def test_gae_matches_the_numpy_reference(whiten):
     np.testing.assert_allclose(np.asarray(out.advantages)[mask], adv[mask], atol=1e-5)
     np.testing.assert_allclose(np.asarray(out.returns)[mask], ret[mask], atol=1e-5)
     assert float(out.metrics["value_mean"]) == pytest.approx(values[mask].mean(), abs=1e-6)
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k3"])
+def test_gae_with_the_kl_in_the_reward_matches_the_numpy_reference(estimator):
+    rewards, mask, values, _ = _inputs(4)
+    rng = np.random.default_rng(5)
+    old = rng.normal(-1.0, 0.3, (N, T)).astype(np.float32)
+    ref = (old + rng.normal(0.0, 0.2, (N, T))).astype(np.float32)
+    beta = 0.05
+    cfg = presets.get("ppo", gae_gamma=0.95, gae_lambda=0.9, whiten_advantages=False, kl_in_reward_beta=beta,
+                      kl_in_reward_estimator=estimator)
+    out = jax.jit(lambda *a: estimate_advantages(cfg, a[0], a[1], values=a[2], old_logp=a[3], ref_logp=a[4]))(
+        *map(jnp.asarray, (rewards, mask, values, old, ref)))
+    # r_t = -beta * KL_t on every response token, plus R on the last one (InstructGPT, verl use_kl_in_reward)
+    kl = np.where(mask, np_kl(old, ref, estimator), 0.0)
+    token_rewards = np_outcome_token_rewards(rewards, mask) - beta * kl
+    adv, ret = np_gae(token_rewards, values, mask, 0.95, 0.9)
+    np.testing.assert_allclose(np.asarray(out.advantages)[mask], adv[mask], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(out.returns)[mask], ret[mask], atol=1e-5)
+    assert float(out.metrics["kl_in_reward_mean"]) == pytest.approx(kl[mask].mean(), abs=1e-6)
+    plain = estimate_advantages(cfg.replace(kl_in_reward_beta=0.0), jnp.asarray(rewards), jnp.asarray(mask),
+                                values=jnp.asarray(values))
+    assert not np.allclose(np.asarray(plain.advantages)[mask], adv[mask], atol=1e-4), "the KL term changes A"
+    assert "kl_in_reward_mean" not in plain.metrics
+    with pytest.raises(ValueError, match="old_logp"):
+        estimate_advantages(cfg, jnp.asarray(rewards), jnp.asarray(mask), values=jnp.asarray(values))
 
 
 def test_sequence_baseline_matches_the_numpy_reference():

@@ -36,6 +36,25 @@ def test_preset_settings_follow_the_papers():
     assert (sppo.critic, sppo.advantage, sppo.group_size, sppo.dual_clip) == ("prompt", "sequence_baseline", 1, 3.0)
 
 
+def test_dapo_and_sppo_follow_their_papers_schedules():
+    # DAPO (arXiv 2503.14476): 512 prompts x 16 responses, minibatches of 512 responses: 16 updates per rollout
+    dapo = presets.get("dapo")
+    assert dapo.num_minibatches == 16 and dapo.ppo_epochs == 1
+    assert dapo.dynamic_sampling_metric == "correct" and dapo.overlong_reward_span == 1.0  # 0/1 rewards
+    # SPPO (arXiv 2604.08865): the official Qwen2.5-Math-1.5B scripts use 2 minibatches (7B: 16)
+    sppo = presets.get("sppo")
+    assert (sppo.num_minibatches, sppo.ppo_epochs, sppo.group_size) == (2, 1, 1)
+    assert presets.get("ppo").kl_in_reward_beta == 0 and presets.get("ppo").critic_warmup_steps == 0
+    assert not presets.get("ppo").needs_ref_logp and presets.get("grpo").needs_ref_logp
+    assert presets.get("ppo", kl_in_reward_beta=0.01).needs_ref_logp
+
+
+def test_every_preset_names_its_paper():
+    assert set(presets.PAPERS) == set(presets.names())
+    for name, (paper, what) in presets.PAPERS.items():
+        assert "arXiv" in paper and what, name
+
+
 def test_overrides_and_nested_segmentation():
     cfg = presets.get("sspo", eps_high=0.3, segmentation={"granularity": "token", "min_segment_len": 2})
     assert cfg.eps_high == 0.3 and cfg.segmentation == SegmentationConfig(granularity="token", min_segment_len=2)
@@ -57,6 +76,13 @@ def test_overrides_and_nested_segmentation():
     ({"ppo_epochs": 0}, "ppo_epochs"),
     ({"segmentation": {"min_segment_len": 0}}, "min_segment_len"),
     ({"overlong_buffer_frac": 1.5}, "overlong_buffer_frac"),
+    ({"dynamic_sampling_metric": "accuracy"}, "dynamic_sampling_metric='accuracy' is not one of"),
+    ({"overlong_reward_span": 0.0}, "overlong_reward_span=0.0 must be > 0"),
+    ({"kl_in_reward_beta": -0.1}, "kl_in_reward_beta=-0.1 must be >= 0"),
+    ({"kl_in_reward_beta": 0.1}, "kl_in_reward_beta=0.1 .*advantage='gae'"),
+    ({"kl_in_reward_estimator": "k4"}, "kl_in_reward_estimator='k4' is not one of"),
+    ({"critic_warmup_steps": -1}, "critic_warmup_steps=-1 must be an integer >= 0"),
+    ({"critic_warmup_steps": 2}, "critic_warmup_steps=2 warms up a critic, but critic='none'"),
 ])
 def test_invalid_values_name_the_field(kwargs, match):
     with pytest.raises(ConfigError, match=match):

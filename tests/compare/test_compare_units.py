@@ -325,3 +325,23 @@ def test_cpu_shares():
     assert len(shares) == 2 and all(shares)
     env = runner.child_env([0])
     assert env["OMP_NUM_THREADS"] == "1"
+
+
+NEW_PRESETS = ("gmpo", "cispo", "clip_cov", "kl_cov", "top_entropy")
+
+
+@pytest.mark.parametrize("common", [{"train.steps": 2, "data.batch_size": 16, "algorithm.num_minibatches": 4},
+                                    {"train.steps": 2}])
+def test_the_comparison_plans_runs_of_the_newer_presets(tmp_path, common, monkeypatch):
+    """gmpo, cispo, clip_cov, kl_cov and top_entropy compare like the others: a spec over their tiny
+    configs validates and plans one train command per (label, seed) with the spec's overrides."""
+    monkeypatch.chdir(ROOT)
+    spec = spec_from_mapping({"name": "newer", "seeds": [0, 1], "common": common,
+                              "runs": [{"label": p, "config": f"configs/tiny_{p}.yaml"} for p in NEW_PRESETS]},
+                             "newer.yaml")
+    tasks = runner.plan(spec, tmp_path / "runs")
+    assert [(t.label, t.seed) for t in tasks] == [(p, s) for s in (0, 1) for p in NEW_PRESETS]
+    for task in tasks:
+        assert task.resolved["algorithm"]["preset"] == task.label and task.steps == 2
+        assert "--config" in task.argv and f"configs/tiny_{task.label}.yaml" in task.argv
+        assert task.argv[-2:] == ["--set", f"train.seed={task.seed}"]

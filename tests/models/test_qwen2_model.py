@@ -46,11 +46,13 @@ def test_padding_ids_and_padded_rows_do_not_matter():
     np.testing.assert_allclose(a[mask == 1], b[mask == 1], atol=1e-5)
 
 
-def test_remat_gives_same_values_and_gradients():
+@pytest.mark.parametrize("remat,scan_layers", [(True, True), (False, False), (True, False)])
+def test_remat_and_unrolled_layers_give_same_values_and_gradients(remat, scan_layers):
+    """`remat` and `scan_layers=False` change the program, never the numbers."""
     tokens, mask, _ = _batch(TINY["vocab_size"], 2)
 
-    def loss_and_grad(remat):
-        model = Qwen2ForCausalLM(tiny_config(), rngs=nnx.Rngs(0), remat=remat)
+    def loss_and_grad(remat, scan_layers=True):
+        model = Qwen2ForCausalLM(tiny_config(), rngs=nnx.Rngs(0), remat=remat, scan_layers=scan_layers)
         graphdef, params = nnx.split(model, nnx.Param)
 
         def loss(p):
@@ -60,7 +62,7 @@ def test_remat_gives_same_values_and_gradients():
 
         return jax.jit(jax.value_and_grad(loss))(params)
 
-    (l0, g0), (l1, g1) = loss_and_grad(False), loss_and_grad(True)
+    (l0, g0), (l1, g1) = loss_and_grad(False), loss_and_grad(remat, scan_layers)
     np.testing.assert_allclose(l0, l1, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g0, g1)
 

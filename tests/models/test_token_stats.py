@@ -84,6 +84,32 @@ def test_shifted_helper_follows_the_logp_convention():
     np.testing.assert_allclose(ent[:, 1:], want_ent, atol=2e-5)
 
 
+@pytest.mark.parametrize("start", [1, 2, 5, 7])
+def test_start_scores_only_the_later_columns(start):
+    """`start` (the prompt width) projects only columns >= start: those equal the full result,
+    the earlier ones are 0, and the gradient ignores the unscored columns."""
+    hidden, w, tokens = _inputs(3)  # T = 10
+    full, full_ent = token_logprobs_from_hidden(hidden, w, tokens, chunk_size=3)
+    logp, ent = token_logprobs_from_hidden(hidden, w, tokens, chunk_size=3, start=start)
+    np.testing.assert_array_equal(logp[:, :start], 0.0)
+    np.testing.assert_array_equal(ent[:, :start], 0.0)
+    np.testing.assert_allclose(logp[:, start:], full[:, start:], atol=1e-6)
+    np.testing.assert_allclose(ent[:, start:], full_ent[:, start:], atol=1e-6)
+    grad = jax.grad(lambda h: jnp.sum(token_logprobs_from_hidden(h, w, tokens, chunk_size=3, start=start)[0]))(hidden)
+    np.testing.assert_array_equal(grad[:, :start - 1], 0.0)  # hidden t-1 scores token t
+    assert np.abs(np.asarray(grad[:, start - 1:-1])).min() > 0
+
+
+def test_start_out_of_range_is_refused():
+    hidden, w, tokens = _inputs(3)
+    with pytest.raises(ValueError, match="start=0"):
+        token_logprobs_from_hidden(hidden, w, tokens, start=0)
+    with pytest.raises(ValueError, match="start=11"):
+        token_logprobs_from_hidden(hidden, w, tokens, start=11)
+    logp, ent = token_logprobs_from_hidden(hidden, w, tokens, start=tokens.shape[1])
+    np.testing.assert_array_equal(logp, 0.0)
+
+
 def test_bf16_hidden_gives_fp32_stats():
     hidden, w, targets = _inputs(4)
     logp, ent = token_logprobs_and_entropy(hidden.astype(jnp.bfloat16), w.astype(jnp.bfloat16),

@@ -77,7 +77,7 @@ def test_bf16_params_train_one_step_for_every_preset(model_dir, tmp_path, preset
 
 def test_fp32_master_weights_with_bf16_compute(model_dir, tmp_path):
     trainer, before = _train(_cfg(model_dir, "dapo", tmp_path / "run", "model.compute_dtype=bfloat16",
-                                  "checkpoint.enabled=false"))
+                                  "checkpoint.enabled=false", "algorithm.num_minibatches=1"))
     after = trainer.state.params
     assert {x.dtype for x in jax.tree.leaves(after)} == {jnp.dtype(jnp.float32)}
     assert all(np.all(np.isfinite(a)) for a in _leaves(after))
@@ -187,16 +187,19 @@ def test_onpolicy_ratio_is_exactly_one_in_bf16_and_the_gradient_is_reinforce(bf1
 def test_lean_stats_pass_when_nothing_needs_the_old_logprobs(bf16_policy):
     graphdef, params = bf16_policy
     models = Models(policy=graphdef)
-    assert not needs_policy_stats(presets.get("dapo"), True)
+    one_update_dapo = presets.get("dapo", num_minibatches=1)  # the preset itself makes 16 updates per batch
+    assert not needs_policy_stats(one_update_dapo, True)
+    assert needs_policy_stats(presets.get("dapo"), True)
     assert not needs_policy_stats(presets.get("grpo"), True)  # its KL reference is computed regardless
-    assert needs_policy_stats(presets.get("dapo"), False)
+    assert needs_policy_stats(one_update_dapo, False)
+    assert needs_policy_stats(presets.get("ppo", kl_in_reward_beta=0.01), True)  # the KL in the reward reads old_logp
     assert needs_policy_stats(presets.get("sspo"), True)  # entropy-scaled bounds need the entropy first
     assert needs_policy_stats(presets.get("gspo"), True)  # 4 minibatches: the later ones are off-policy
     with pytest.raises(ValueError, match="old_logp_from_sampler"):
         make_update_fn(models, presets.get("sspo"), optax.sgd(1.0), None, chunk_size=4, micro_rows=N,
                        old_logp_from_sampler=True)
 
-    alg = presets.get("dapo")
+    alg = one_update_dapo
     batch, stats = _onpolicy_batch(models, params, alg)
     lean = make_stats_fn(models, alg, chunk_size=4, micro_rows=2, policy_stats=False)(
         _state(params), batch.tokens, batch.attention_mask, batch.last_prompt_index)
@@ -220,7 +223,7 @@ def test_lean_stats_pass_when_nothing_needs_the_old_logprobs(bf16_policy):
 
 @pytest.mark.parametrize("moment", ["bfloat16", pytest.param("float32", marks=pytest.mark.slow)])
 def test_resume_in_bf16_equals_uninterrupted(model_dir, tmp_path, moment):
-    extra = ("model.dtype=bfloat16", f"optim.moment_dtype={moment}")
+    extra = ("model.dtype=bfloat16", f"optim.moment_dtype={moment}", "algorithm.num_minibatches=2")  # 2 updates suffice
     straight, _ = _train(_cfg(model_dir, "dapo", tmp_path / "a", *extra, steps=2))
     _train(_cfg(model_dir, "dapo", tmp_path / "b", *extra, steps=1))
     resumed = Trainer(_cfg(model_dir, "dapo", tmp_path / "b", *extra, steps=2), echo=lambda s: None)

@@ -62,10 +62,11 @@ def test_records_take_widen_and_concat_every_per_row_field():
 def test_shaping_and_the_dr_grpo_constant_live_in_one_place():
     dapo = presets.get("dapo")
     spec = shaping.overlong_shaping(dapo, max_new_tokens=10)
-    assert spec == shaping.OverlongShaping(max_len=10, cache_len=2, factor=1.0)
+    # 0/1 rewards (overlong_reward_span 1): half of DAPO's +-1 penalty, the paper's weight against correctness
+    assert spec == shaping.OverlongShaping(max_len=10, cache_len=2, factor=0.5)
     rewards, metrics = shaping.apply_shaping(np.ones(3, np.float32), np.array([8, 9, 11]), spec)
-    np.testing.assert_allclose(rewards, [1.0, 0.5, 0.0])
-    assert metrics["reward/overlong_penalty_mean"] == pytest.approx(-0.5)
+    np.testing.assert_allclose(rewards, [1.0, 0.75, 0.5])
+    assert metrics["reward/overlong_penalty_mean"] == pytest.approx(-0.25)
     assert shaping.overlong_shaping(presets.get("grpo"), 10) is None
     assert shaping.apply_shaping(np.ones(2, np.float32), np.array([50, 60]), None)[1] == {}
     assert shaping.loss_config(presets.get("dr_grpo"), 48).loss_norm_constant == 48.0
@@ -141,7 +142,8 @@ def test_prepare_batch_builds_the_update_batch_for_every_estimator(preset):
     scored = _scored(4, [1, 0, 1, 1])
     n, width = scored.tokens.shape
 
-    def stats(state, tokens, attn, last_prompt):
+    def stats(state, tokens, attn, last_prompt, prompt_width=None):
+        assert prompt_width == P
         out = {"old_logp": jnp.full((n, width), -0.5), "entropy": jnp.full((n, width), 0.25)}
         if alg.kl_beta > 0:
             out["ref_logp"] = jnp.full((n, width), -0.7)
@@ -191,3 +193,34 @@ def test_stop_tokens_merge_the_config_the_checkpoint_and_the_tokenizer():
     assert plain.eos_token_ids == (2, 9), "without a configured or checkpoint stop, the model config's eos ids"
     with pytest.raises(ConfigError, match=r"stop token id\(s\) \[20\] are outside the model's vocabulary of 16"):
         resolve_sampling(base.replace(eos_token_ids=(20,)), _Tok(), None, vocab_size=16)
+
+
+def test_dynamic_sampling_filters_on_correctness_unless_told_to_use_the_reward():
+    # group 0: all correct, rewards differ only by the overlong penalty; group 1: all wrong, likewise;
+    # group 2: one right, one wrong
+    roll = with_rewards(_rollout(6), np.array([1.0, 0.75, 0.0, -0.25, 1.0, 0.0], np.float32),
+                        np.array([1, 1, 0, 0, 1, 0], np.float32), {})
+    out, metrics = collect.collect_batch(lambda r: roll, need=1, group_size=2, dynamic=True, max_rounds=1)
+    assert metrics["dynamic_sampling/kept_groups"] == 1 and metrics["dynamic_sampling/filler_groups"] == 0
+    np.testing.assert_array_equal(out.correct, [1, 0])  # only group 2: the penalty alone keeps no group
+    out, metrics = collect.collect_batch(lambda r: roll, need=3, group_size=2, dynamic=True, max_rounds=1,
+                                         metric="reward")
+    assert metrics["dynamic_sampling/kept_groups"] == 3  # the total reward varies in every group
+    assert presets.get("dapo").dynamic_sampling_metric == "correct"
+    with pytest.raises(ValueError, match="dynamic sampling metric"):
+        collect.collect_batch(lambda r: roll, need=1, group_size=2, dynamic=True, metric="accuracy")
+
+
+def test_overlong_penalty_is_scaled_to_the_reward_range():
+    from tests.algorithms.numpy_reference import np_dapo_overlong_penalty
+
+    lengths = np.array([3, 8, 9, 10, 11])
+    for span, factor, weight in [(1.0, 1.0, 0.5), (2.0, 1.0, 1.0), (1.0, 2.0, 1.0), (4.0, 0.5, 1.0)]:
+        alg = presets.get("dapo", overlong_reward_span=span, overlong_penalty_factor=factor)
+        spec = shaping.overlong_shaping(alg, max_new_tokens=10)
+        assert spec.factor == pytest.approx(weight)
+        shaped, _ = shaping.apply_shaping(np.zeros(5, np.float32), lengths, spec)
+        np.testing.assert_allclose(shaped, weight * np_dapo_overlong_penalty(lengths, 10, 2), atol=1e-7)
+    # with 0/1 rewards the default keeps DAPO's ratio: the worst penalty is half the reward range
+    default = shaping.overlong_shaping(presets.get("dapo"), max_new_tokens=10)
+    assert shaping.apply_shaping(np.ones(1, np.float32), np.array([11]), default)[0][0] == pytest.approx(0.5)

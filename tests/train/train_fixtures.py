@@ -48,6 +48,11 @@ def digit_share(inp, cfg):
 
 
 def digit_share_config(model_dir: Path, preset: str, run_dir: Path, *extra: str, steps: int):
-    """`fast_config` without evaluation, trained on the dense `digit_share` reward."""
+    """`fast_config` without evaluation, trained on the dense `digit_share` reward (dynamic sampling
+    filters on that reward: a random model's correctness is 0 everywhere)."""
+    from sspo_jax.algorithms import presets
+
+    if presets.get(preset).dynamic_sampling:
+        extra = ("algorithm.dynamic_sampling_metric=reward", *extra)
     cfg = fast_config(model_dir, preset, run_dir, "eval.enabled=false", *extra, steps=steps)
     return cfg.replace(rewards=RewardConfig(weights={"test_digit_share": 1.0}, workers=0))

@@ -1,0 +1,79 @@
+"""The peer benchmark's job on sspo_jax: `Trainer` on configs/tiny_<preset>.yaml, run by bench_peers.py.
+
+Reads the job spec that `bench_peers.py` writes (``--spec``), trains ``steps`` steps with
+evaluation, checkpoints, TensorBoard and the progress bar off, and writes the per-step records
+(``--out``). The phases are the trainer's own timers (`sspo_jax.train.metric_names`):
+``time/generate_and_score`` (sampling, decoding and the math reward in its worker pool),
+``time/stats`` (the extra no-grad forwards: reference log-probs for the KL term, old log-probs
+where the algorithm needs them) and ``time/update`` (loss, gradient, clipping and the AdamW step);
+``time/step`` is their sum. Each step's prompts are checked against the shared prompt file that
+the peer frameworks read, so every framework trains on the same prompts in the same order::
+
+    .venv/bin/python benchmarks/peers/sspo_jax_job.py --spec SPEC.json --out RECORDS.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from job_io import read_prompts, read_spec, write_result  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--spec", required=True, help="the job spec written by bench_peers.py")
+    ap.add_argument("--out", required=True, help="where to write the per-step records (JSON)")
+    args = ap.parse_args(argv)
+    spec = read_spec(args.spec)
+    from sspo_jax.train import Trainer, metric_names as M
+    from sspo_jax.train.config import load_config
+
+    overrides = [*spec["sspo_jax_overrides"], f"train.steps={spec['steps']}", "eval.enabled=false",
+                 "checkpoint.enabled=false", "logging.tensorboard=false", "logging.progress=false"]
+    cfg = load_config(REPO / spec["sspo_jax_config"], overrides)
+    expected = read_prompts(spec["prompts"])
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench_peers_sspo_jax_") as run_dir:
+        trainer = Trainer(cfg, run_dir, progress=False, echo=lambda s: None, resume=False)
+        seen: list[list[tuple[str, str]]] = []
+        next_batch = trainer.batcher.next_batch
+
+        def recording_next_batch():
+            batch = next_batch()
+            g = batch.group_size
+            seen.append(list(zip(batch.prompts[::g], batch.golds[::g])))
+            return batch
+
+        trainer.batcher.next_batch = recording_next_batch
+        build_s = time.perf_counter() - t0
+        try:
+            trainer.run()
+        finally:
+            trainer.close()
+        lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    metrics = [json.loads(line) for line in lines if line.strip()]
+    records, rows = [], cfg.data.batch_size * cfg.algorithm.group_size
+    for m in metrics:
+        records.append({"step": m["step"], "step_s": m[M.TIME_STEP],
+                        "generate_and_reward_s": m[M.TIME_GENERATE_AND_SCORE], "extra_forward_s": m[M.TIME_STATS],
+                        "update_s": m[M.TIME_UPDATE],
+                        "reward_mean": m[M.REWARD_MEAN], "response_length_mean": m[M.RESPONSE_LENGTH_MEAN],
+                        "responses": rows})
+    want = [[(r["prompt"], r["gold"]) for r in expected if r["step"] == s] for s in range(1, len(seen) + 1)]
+    if seen != want:
+        raise SystemExit("error: the trainer's prompts differ from the shared prompt file; re-export it")
+    from importlib import metadata
+
+    return write_result(args.out, "sspo_jax", spec["preset"], records, build_s=build_s, prompts_match_shared_file=True,
+                        rows_per_step=rows, versions={p: metadata.version(p) for p in ("jax", "flax", "optax")})
+
+
+if __name__ == "__main__":  # the reward pool spawns workers that import this module
+    main()
