@@ -219,7 +219,7 @@ def test_a_bad_train_key_fails_before_training_naming_spec_label_and_key(tmp_pat
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("name", ["equal_eps", "paper_defaults", "stress"])
+@pytest.mark.parametrize("name", ["equal_eps", "paper_defaults", "stress", "sspo_defaults"])
 def test_shipped_specs_load_and_every_run_config_validates(name, monkeypatch):
     from sspo_jax.tools.compare.spec import validate_train_configs
 
@@ -234,6 +234,14 @@ def test_shipped_specs_load_and_every_run_config_validates(name, monkeypatch):
             assert (cfg.algorithm.eps_low, cfg.algorithm.eps_high) == (0.2, 0.28)
         if name == "stress":
             assert cfg.optim.lr == 1e-3
+    if name == "sspo_defaults":  # the pre-registered runs: what each label changes, at the rule's lr
+        cfgs = validate_train_configs(spec)
+        assert {c.optim.lr for c in cfgs.values()} == {1.5e-4} and spec.findings == ""
+        guard, noguard = cfgs["sspo_guard"].algorithm, cfgs["sspo_noguard"].algorithm
+        assert guard.token_guard and not guard.entropy_scale_low and guard.entropy_norm == "quantile"
+        assert not noguard.token_guard and cfgs["sspo_guard_alpha0"].algorithm.entropy_alpha == 0
+        assert cfgs["sspo_token"].algorithm.segmentation.granularity == "token"
+        assert cfgs["grpo"].algorithm.kl_beta > 0 and cfgs["grpo_kl0"].algorithm.kl_beta == 0
     if name == "paper_defaults":
         cfgs = validate_train_configs(spec)
         assert cfgs["sspo_alpha0"].algorithm.entropy_alpha == 0 and cfgs["sspo"].algorithm.entropy_alpha == 1
