@@ -10,6 +10,7 @@ record is one optimizer step::
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from collections import defaultdict
@@ -22,6 +23,15 @@ PHASES = ("generate_and_reward_s", "extra_forward_s", "update_s")
 def read_spec(path: str | Path) -> dict[str, Any]:
     """The job spec (settings every framework uses; see `bench_peers.job_spec`)."""
     return json.loads(Path(path).read_text())
+
+
+def job_args(doc: str, argv: list[str] | None) -> tuple[dict[str, Any], str]:
+    """A job's command line, ``--spec SPEC --out OUT``: (the spec, the output path)."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--spec", required=True, help="the job spec written by bench_peers.py")
+    ap.add_argument("--out", required=True, help="where to write the per-step records (JSON)")
+    args = ap.parse_args(argv)
+    return read_spec(args.spec), args.out
 
 
 def read_prompts(path: str | Path) -> list[dict[str, Any]]:

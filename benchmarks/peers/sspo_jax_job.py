@@ -14,7 +14,6 @@ the peer frameworks read, so every framework trains on the same prompts in the s
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -23,15 +22,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from job_io import read_prompts, read_spec, write_result  # noqa: E402
+from job_io import job_args, read_prompts, write_result  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--spec", required=True, help="the job spec written by bench_peers.py")
-    ap.add_argument("--out", required=True, help="where to write the per-step records (JSON)")
-    args = ap.parse_args(argv)
-    spec = read_spec(args.spec)
+    spec, out = job_args(__doc__, argv)
     from sspo_jax.train import Trainer, metric_names as M
     from sspo_jax.train.config import load_config
 
@@ -71,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("error: the trainer's prompts differ from the shared prompt file; re-export it")
     from importlib import metadata
 
-    return write_result(args.out, "sspo_jax", spec["preset"], records, build_s=build_s, prompts_match_shared_file=True,
+    return write_result(out, "sspo_jax", spec["preset"], records, build_s=build_s, prompts_match_shared_file=True,
                         rows_per_step=rows, versions={p: metadata.version(p) for p in ("jax", "flax", "optax")})
 
 

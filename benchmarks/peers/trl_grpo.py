@@ -25,7 +25,6 @@ Phases (wall clock; torch runs eagerly, so each call's time is its work):
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from answer_check import score  # noqa: E402
-from job_io import PhaseClock, check_prompt_order, read_prompts, read_spec, write_result  # noqa: E402
+from job_io import job_args, PhaseClock, check_prompt_order, read_prompts, write_result  # noqa: E402
 
 
 def grpo_config(spec: dict, output_dir: str):
@@ -62,11 +61,7 @@ def grpo_config(spec: dict, output_dir: str):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--spec", required=True)
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args(argv)
-    spec = read_spec(args.spec)
+    spec, out = job_args(__doc__, argv)
     t_build = time.perf_counter()
 
     import torch
@@ -123,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     check_prompt_order(rows, seen)
     from importlib import metadata
 
-    return write_result(args.out, "trl", spec["preset"], clock.records, build_s=build_s,
+    return write_result(out, "trl", spec["preset"], clock.records, build_s=build_s,
                         prompts_match_shared_file=True, rows_per_step=spec["batch_size"] * spec["group_size"],
                         torch_threads=torch.get_num_threads(),
                         versions={p: metadata.version(p) for p in ("trl", "transformers", "torch", "accelerate")})

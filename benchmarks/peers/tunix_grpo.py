@@ -23,7 +23,6 @@ Phases (wall clock, each JAX result blocked on before the clock stops):
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -33,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from answer_check import score  # noqa: E402
-from job_io import PhaseClock, check_prompt_order, read_prompts, read_spec, write_result  # noqa: E402
+from job_io import job_args, PhaseClock, check_prompt_order, read_prompts, write_result  # noqa: E402
 
 
 def model_config(model_dir: Path):
@@ -66,11 +65,7 @@ def optimizer(spec: dict):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--spec", required=True)
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args(argv)
-    spec = read_spec(args.spec)
+    spec, out = job_args(__doc__, argv)
     t_build = time.perf_counter()
 
     import jax
@@ -187,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
     build_s = time.perf_counter() - t_build
     learner.train(batches)
     check_prompt_order(prompts, seen)
-    return write_result(args.out, "tunix", spec["preset"], clock.records, build_s=build_s,
+    return write_result(out, "tunix", spec["preset"], clock.records, build_s=build_s,
                         prompts_match_shared_file=True, rows_per_step=b * g, prompt_len=prompt_len,
                         versions={"tunix": _version("google-tunix"), "jax": jax.__version__})
 
