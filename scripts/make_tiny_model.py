@@ -66,6 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--max-operand", type=int, default=20, help="largest operand")
     g.add_argument("--max-value", type=int, default=100, help="largest intermediate or final result")
     g.add_argument("--operators", default="+-*", help="operations to draw from, a subset of '+-*/'")
+    g.add_argument("--style", default="symbolic", choices=("symbolic", "worded"),
+                   help="ArithmeticConfig.style: equations, or a story with natural-language solutions "
+                        "(the tiny-word asset: --style worded --out sspo_jax/assets/tiny-word)")
     g.add_argument("--train-problems-seed", type=int, default=10,
                    help="generator seed of the SFT training problems (each problem is used once)")
     g.add_argument("--select-problems-seed", type=int, default=11,
@@ -126,7 +129,8 @@ def build_configs(args: argparse.Namespace):
     from sspo_jax.data import ArithmeticConfig, DataConfig
 
     arith = ArithmeticConfig(min_steps=args.min_steps, max_steps=args.max_steps, min_operand=args.min_operand,
-                             max_operand=args.max_operand, max_value=args.max_value, operators=args.operators)
+                             max_operand=args.max_operand, max_value=args.max_value, operators=args.operators,
+                             style=args.style)
     data = DataConfig(source="arithmetic", arithmetic=arith, template="plain",
                       prompt_template=args.prompt_template, instruction=args.instruction,
                       add_special_tokens=False, shuffle=False, num_epochs=1, drop_last=False,
@@ -348,8 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     data_fields = {k: getattr(data_cfg, k) for k in ("source", "template", "prompt_template", "instruction",
                                                      "add_special_tokens")}
     meta = {
-        "description": "Tiny Qwen2 warm-started by SFT on the built-in arithmetic task; made by "
-                       "scripts/make_tiny_model.py",
+        "description": f"Tiny Qwen2 warm-started by SFT on the built-in arithmetic task ({args.style}); "
+                       "made by scripts/make_tiny_model.py",
         "command": shlex.join(["scripts/make_tiny_model.py", *(argv if argv is not None else sys.argv[1:])]),
         "seed": args.seed,
         "sft_steps": sft_steps,

@@ -22,9 +22,11 @@ import dataclasses
 
 import numpy as np
 
+from sspo_jax.data import worded
 from sspo_jax.data.records import DataError, PromptRecord
 
 OPERATORS = "+-*/"
+STYLES = ("symbolic", "worded")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +38,8 @@ class ArithmeticConfig:
       min_operand, max_operand: range of every operand (non-negative integers).
       max_value: largest allowed intermediate or final result (results are in [0, max_value]).
       operators: the operations to draw from, a subset of ``+-*/``.
+      style: ``symbolic`` (``Compute 17+25*3.``, clauses of equations) or ``worded`` (a short
+        story whose solution is one natural-language sentence per step, `sspo_jax.data.worded`).
     """
 
     min_steps: int = 2
@@ -44,6 +48,7 @@ class ArithmeticConfig:
     max_operand: int = 50
     max_value: int = 999
     operators: str = "+-*"
+    style: str = "symbolic"
 
     def __post_init__(self) -> None:
         def ok(cond: bool, message: str) -> None:
@@ -62,6 +67,7 @@ class ArithmeticConfig:
         ok(isinstance(self.operators, str) and len(self.operators) > 0
            and set(self.operators) <= set(OPERATORS) and len(set(self.operators)) == len(self.operators),
            f"data.arithmetic.operators must be distinct characters from {OPERATORS!r}, got {self.operators!r}")
+        ok(self.style in STYLES, f"data.arithmetic.style must be one of {list(STYLES)}, got {self.style!r}")
 
 
 def _operand_choices(op: str, value: int, cfg: ArithmeticConfig) -> tuple[int, int] | list[int] | None:
@@ -92,8 +98,8 @@ def problem(index: int, seed: int = 0, cfg: ArithmeticConfig | None = None) -> d
     rng = np.random.default_rng([seed, index])
     for _ in range(1000):  # redraw when the knobs leave no valid operation at some step
         steps = int(rng.integers(cfg.min_steps, cfg.max_steps + 1))
-        value = int(rng.integers(cfg.min_operand, cfg.max_operand + 1))
-        expr, additive, clauses = str(value), False, []
+        value = start = int(rng.integers(cfg.min_operand, cfg.max_operand + 1))
+        expr, additive, clauses, chain = str(value), False, [], []
         for _ in range(steps):
             options = [(op, c) for op in cfg.operators if (c := _operand_choices(op, value, cfg)) is not None]
             if not options:
@@ -109,8 +115,11 @@ def problem(index: int, seed: int = 0, cfg: ArithmeticConfig | None = None) -> d
             expr = f"{expr}{op}{operand}"
             additive = op in "+-"
             clauses.append(f"{value}{op}{operand}={result}")
+            chain.append((op, operand, result))
             value = result
         else:
+            if cfg.style == "worded":
+                return worded.render(start, chain, rng)
             return {
                 "prompt": f"Compute {expr}.",
                 "answer": str(value),

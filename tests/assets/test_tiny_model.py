@@ -1,6 +1,7 @@
-"""The tiny default model shipped in ``sspo_jax/assets/tiny-arith`` (made by
-``scripts/make_tiny_model.py``): it loads offline, is small, its tokenizer splits digits, and its
-greedy answers to held-out arithmetic problems are multi-step and partly (not fully) right."""
+"""The tiny models shipped in ``sspo_jax/assets`` (made by ``scripts/make_tiny_model.py``):
+``tiny-arith`` (the default, symbolic arithmetic) and ``tiny-word`` (the same task told in words).
+Each loads offline, is small, its tokenizer splits digits, and its greedy answers to held-out
+problems are multi-step and partly (not fully) right."""
 
 from __future__ import annotations
 
@@ -20,18 +21,28 @@ from sspo_jax.models import Qwen2ForCausalLM, from_pretrained
 from sspo_jax.rewards import exact_match_reward
 from sspo_jax.rollout import SamplingConfig, generate
 
-ASSET = os.path.join(os.path.dirname(sspo_jax.__file__), "assets", "tiny-arith")
+ASSETS = os.path.join(os.path.dirname(sspo_jax.__file__), "assets")
+MAX_NEW_TOKENS = {"tiny-arith": 64, "tiny-word": 96}
+
+
+@pytest.fixture(scope="module", params=sorted(MAX_NEW_TOKENS))
+def asset(request) -> str:
+    return os.path.join(ASSETS, request.param)
 
 
 @pytest.fixture(scope="module")
-def meta() -> dict:
-    with open(os.path.join(ASSET, "meta.json"), encoding="utf-8") as fh:
+def meta(asset) -> dict:
+    with open(os.path.join(asset, "meta.json"), encoding="utf-8") as fh:
         return json.load(fh)
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(ASSET, local_files_only=True)
+def tokenizer(asset):
+    return AutoTokenizer.from_pretrained(asset, local_files_only=True)
+
+
+def test_every_asset_is_tested():
+    assert sorted(os.listdir(ASSETS)) == sorted(MAX_NEW_TOKENS)
 
 
 @pytest.fixture(scope="module")
@@ -43,18 +54,18 @@ def data_cfg(meta) -> DataConfig:
                       size=32, batch_size=32, group_size=1, shuffle=False)
 
 
-def test_asset_files_and_size():
-    names = set(os.listdir(ASSET))
+def test_asset_files_and_size(asset):
+    names = set(os.listdir(asset))
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "meta.json"} <= names
-    total = sum(os.path.getsize(os.path.join(ASSET, n)) for n in names)
+    total = sum(os.path.getsize(os.path.join(asset, n)) for n in names)
     assert total <= 10 * 1024 * 1024
 
 
-def test_tokenizer_loads_offline_with_special_tokens(tokenizer):
+def test_tokenizer_loads_offline_with_special_tokens(asset, tokenizer):
     assert isinstance(tokenizer, PreTrainedTokenizerFast)
     assert tokenizer.eos_token == "<|endoftext|>" and tokenizer.pad_token == "<|pad|>"
     assert tokenizer.eos_token_id != tokenizer.pad_token_id
-    with open(os.path.join(ASSET, "config.json"), encoding="utf-8") as fh:
+    with open(os.path.join(asset, "config.json"), encoding="utf-8") as fh:
         config = json.load(fh)
     assert config["eos_token_id"] == tokenizer.eos_token_id
     assert config["pad_token_id"] == tokenizer.pad_token_id
@@ -64,9 +75,9 @@ def test_tokenizer_loads_offline_with_special_tokens(tokenizer):
     assert config["num_key_value_heads"] < config["num_attention_heads"]
 
 
-def test_tokenizer_round_trip_and_digit_split(tokenizer):
-    solution = problems(3, seed=123, cfg=ArithmeticConfig())[2]["solution"]
-    text = f"Compute (17+25)*3-4.\n{solution}"
+def test_tokenizer_round_trip_and_digit_split(tokenizer, meta):
+    item = problems(3, seed=123, cfg=ArithmeticConfig(**meta["data"]["arithmetic"]))[2]
+    text = f"{item['prompt']}\n{item['solution']}"
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert tokenizer.decode(ids) == text
     pieces = tokenizer.convert_ids_to_tokens(tokenizer("12345, 678.", add_special_tokens=False)["input_ids"])
@@ -75,11 +86,11 @@ def test_tokenizer_round_trip_and_digit_split(tokenizer):
     assert tokenizer.eos_token_id not in ids and tokenizer.pad_token_id not in ids
 
 
-def test_greedy_generation_is_multi_step_and_partly_right(tokenizer, data_cfg):
-    model = from_pretrained(ASSET)
+def test_greedy_generation_is_multi_step_and_partly_right(asset, tokenizer, data_cfg):
+    model = from_pretrained(asset)
     assert isinstance(model, Qwen2ForCausalLM)
     batch = next(PromptBatcher(build_source(data_cfg), tokenizer, data_cfg))
-    cfg = SamplingConfig(max_new_tokens=64, temperature=0.0, eos_token_ids=(tokenizer.eos_token_id,),
+    cfg = SamplingConfig(max_new_tokens=MAX_NEW_TOKENS[os.path.basename(asset)], temperature=0.0, eos_token_ids=(tokenizer.eos_token_id,),
                          pad_token_id=tokenizer.pad_token_id)
     out = jax.device_get(generate(nnx.split(model, nnx.Param), batch.input_ids, batch.attention_mask, cfg,
                                   jax.random.key(0)))

@@ -219,7 +219,7 @@ def test_a_bad_train_key_fails_before_training_naming_spec_label_and_key(tmp_pat
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("name", ["equal_eps", "paper_defaults", "stress", "sspo_defaults"])
+@pytest.mark.parametrize("name", ["equal_eps", "paper_defaults", "stress", "sspo_defaults", "sspo_word"])
 def test_shipped_specs_load_and_every_run_config_validates(name, monkeypatch):
     from sspo_jax.tools.compare.spec import validate_train_configs
 
@@ -242,6 +242,16 @@ def test_shipped_specs_load_and_every_run_config_validates(name, monkeypatch):
         assert not noguard.token_guard and cfgs["sspo_guard_alpha0"].algorithm.entropy_alpha == 0
         assert cfgs["sspo_token"].algorithm.segmentation.granularity == "token"
         assert cfgs["grpo"].algorithm.kl_beta > 0 and cfgs["grpo_kl0"].algorithm.kl_beta == 0
+    if name == "sspo_word":  # the replication: sspo_defaults' runs on the worded task of configs/word_sspo.yaml
+        from sspo_jax.train.config import load_config
+
+        base, word = load_spec("configs/compare/sspo_defaults.yaml"), load_config("configs/word_sspo.yaml")
+        assert [(r.label, r.config, r.overrides) for r in spec.runs] == \
+            [(r.label, r.config, r.overrides) for r in base.runs]
+        for cfg in validate_train_configs(spec).values():
+            assert (cfg.model.path, cfg.data.arithmetic, cfg.sampling.max_new_tokens, cfg.sampling.prompt_buckets) \
+                == (word.model.path, word.data.arithmetic, word.sampling.max_new_tokens, word.sampling.prompt_buckets)
+            assert cfg.optim.lr == 2.8e-4
     if name == "paper_defaults":
         cfgs = validate_train_configs(spec)
         assert cfgs["sspo_alpha0"].algorithm.entropy_alpha == 0 and cfgs["sspo"].algorithm.entropy_alpha == 1

@@ -3,6 +3,7 @@ solutions score 1 with the math reward (and wrong answers 0)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -77,7 +78,42 @@ def test_solutions_verify_with_the_math_reward():
     assert combined.total.tolist() == [0.0] * 64
 
 
+WORDED_STEP = re.compile(r"^(.+), so (she|he) has (\d+)([-+*/])(\d+)=(\d+) (\w+)$")
+
+
+@pytest.mark.parametrize("operators", ["+-*", "+-*/"])
+def test_worded_style_tells_the_same_chain_in_sentences(operators):
+    cfg = ArithmeticConfig(min_steps=2, max_steps=4, max_operand=20, max_value=100, operators=operators,
+                           style="worded")
+    symbolic = dataclasses.replace(cfg, style="symbolic")
+    for index, item in enumerate(problems(120, seed=3, cfg=cfg)):
+        same = problem(index, seed=3, cfg=symbolic)
+        assert item["answer"] == same["answer"]  # the same draws, rendered in words
+        sentences = item["solution"].split(". ")
+        name, start, noun = re.fullmatch(r"(\w+) starts with (\d+) (\w+)", sentences[0]).groups()
+        assert sentences[-1] == f"The answer is \\boxed{{{item['answer']}}}."
+        assert item["prompt"].startswith(f"{name} has {start} {noun}. ")
+        assert item["prompt"].endswith(f" How many {noun} does {name} have now?")
+        chain = []
+        for sentence in sentences[1:-1]:
+            action, pronoun, a, op, b, result, unit = WORDED_STEP.match(sentence).groups()
+            assert unit == noun and f" {b}" in f" {action}" and b in item["prompt"]
+            chain.append(f"{a}{op}{b}={result}")
+        assert ", ".join(chain) == same["solution"].split(". The answer is ")[0]
+    assert len({p["prompt"].split()[0] for p in problems(200, seed=3, cfg=cfg)}) > 5  # names vary
+
+
+def test_worded_solutions_verify_with_the_math_reward():
+    items = problems(32, seed=4, cfg=ArithmeticConfig(style="worded", operators="+-*/"))
+    golds = [p["answer"] for p in items]
+    assert math_reward([p["solution"] for p in items], golds, workers=2, timeout_s=20).scores.tolist() == [1.0] * 32
+    assert problems(10, seed=4, cfg=ArithmeticConfig(style="worded")) == problems(
+        10, seed=4, cfg=ArithmeticConfig(style="worded"))
+
+
 def test_bad_knobs():
+    with pytest.raises(DataError, match="data.arithmetic.style must be one of"):
+        ArithmeticConfig(style="prose")
     with pytest.raises(DataError, match="min_operand <= max_operand <= max_value"):
         ArithmeticConfig(max_operand=2000)
     with pytest.raises(DataError, match="operators"):
