@@ -161,8 +161,10 @@ class AlgorithmConfig:
       token_guard: also clip each token against its own ratio ``w_t = exp(logp_t - logp_old_t)``:
         a token with ``A > 0 and w_t > 1 + e_hi_tok`` or ``A < 0 and w_t < 1 - e_lo_tok`` has its
         gradient stopped (its loss value is unchanged) even when its unit's ratio is inside the
-        bounds. Off by default; needs ``ratio_form="sg"``. At token granularity with the default
-        guard bounds it never fires beyond the ordinary clip (GRPO is unchanged).
+        bounds. Off by default, on in the ``sspo`` preset (with ``entropy_norm="quantile"`` and
+        ``entropy_scale_low=False``, as configs/compare/sspo_defaults.yaml decided); needs
+        ``ratio_form="sg"``. At token granularity with the default guard bounds it never fires
+        beyond the ordinary clip (GRPO is unchanged).
       token_guard_eps_low, token_guard_eps_high: the guard's bounds. None (default): the token's
         own unit bounds ``e_lo_k``, ``e_hi_k`` (entropy-scaled like the unit's clip); a float: a
         fixed token-level epsilon (not entropy-scaled).

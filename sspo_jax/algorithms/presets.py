@@ -34,9 +34,12 @@ PRESETS: dict[str, AlgorithmConfig] = {
     "gspo_token": AlgorithmConfig(
         name="gspo_token", eps_low=3e-4, eps_high=4e-4, segmentation=_SEQUENCE, ratio_form="sg",
         loss_agg_mode="seq-mean-token-mean", advantage="group_zscore", group_size=8, num_minibatches=4),
+    # The token guard, upper-bound-only widening and quantile normalisation were chosen by the
+    # pre-registered comparison configs/compare/sspo_defaults.yaml (docs/results/sspo_defaults).
     "sspo": AlgorithmConfig(
         name="sspo", eps_low=0.2, eps_high=0.28, segmentation=SegmentationConfig(), ratio_form="sg",
-        entropy_alpha=1.0, entropy_g_min=0.5, entropy_g_max=2.0, entropy_norm="ratio",
+        entropy_alpha=1.0, entropy_g_min=0.5, entropy_g_max=2.0, entropy_norm="quantile",
+        entropy_scale_low=False, token_guard=True,
         loss_agg_mode="token-mean", advantage="group_zscore", group_size=8),
     "ppo": AlgorithmConfig(
         name="ppo", eps_low=0.2, eps_high=0.2, dual_clip=3.0, segmentation=_TOKEN, loss_agg_mode="token-mean",
@@ -86,8 +89,9 @@ PAPERS: dict[str, tuple[str, str]] = {
              "sequence ratio (broadcast form), eps 3e-4/4e-4, 4 minibatches per rollout"),
     "gspo_token": ("GSPO, arXiv 2507.18071", "as gspo in the stop-gradient per-token form (GSPO-token)"),
     "sspo": ("SSPO, arXiv 2511.04256",
-             "subsentence ratio (sg form), eps 0.2/0.28, entropy-scaled bounds (alpha 1, g in [0.5, 2]), "
-             "token-mean [project choices where the paper is silent]"),
+             "subsentence ratio (sg form), eps 0.2/0.28, entropy-scaled bounds (alpha 1, g in [0.5, 2] from "
+             "the segment's entropy quantile, widening the upper bound only), the token guard, token-mean "
+             "[project choices where the paper is silent; chosen by configs/compare/sspo_defaults.yaml]"),
     "ppo": ("PPO, arXiv 1707.06347",
             "token ratio, eps 0.2, dual clip 3, token critic with GAE (gamma = lambda = 1), clipped value "
             "loss, G = 1; options: the KL in the reward (`kl_in_reward_beta`), critic warm-up "

@@ -10,7 +10,7 @@ import pytest
 
 from sspo_jax.algorithms import policy_loss, presets, segment_entropy_stats, segment_ids
 from sspo_jax.algorithms.clipping import bound_scales, entropy_scale
-from sspo_jax.algorithms.config import ConfigError
+from sspo_jax.algorithms.config import AlgorithmConfig, ConfigError
 
 from . import numpy_reference_sspo as ref
 from .batches import random_batch, toy_table
@@ -43,11 +43,11 @@ def _ref_cfg(cfg):
 
 
 @pytest.mark.parametrize("over", [
-    dict(token_guard=True),
-    dict(token_guard=True, entropy_norm="quantile"),
-    dict(token_guard=True, entropy_scale_low=False, loss_agg_mode="seq-mean-token-mean"),
-    dict(token_guard=True, token_guard_eps_low=0.1, token_guard_eps_high=0.15, dual_clip=3.0),
-    dict(entropy_norm="quantile", entropy_scale_low=False),
+    dict(),  # the preset as shipped: guard on, quantile normalisation, entropy widens the upper bound only
+    dict(entropy_norm="ratio", entropy_scale_low=True),  # the guard with the earlier entropy bounds
+    dict(loss_agg_mode="seq-mean-token-mean"),
+    dict(token_guard_eps_low=0.1, token_guard_eps_high=0.15, dual_clip=3.0),
+    dict(token_guard=False),
 ])
 @pytest.mark.parametrize("seed", range(3))
 def test_matches_numpy_reference(over, seed):
@@ -207,9 +207,13 @@ def test_config_validation():
     with pytest.raises(ConfigError, match="ratio_form"):
         presets.get("gspo", token_guard=True)
     with pytest.raises(ConfigError, match="token_guard=False"):
-        presets.get("sspo", token_guard_eps_high=0.3)
+        presets.get("sspo", token_guard=False, token_guard_eps_high=0.3)
     with pytest.raises(ConfigError, match="token_guard_eps_low"):
         presets.get("sspo", token_guard=True, token_guard_eps_low=1.0)
     with pytest.raises(ConfigError, match="entropy_norm"):
         presets.get("sspo", entropy_norm="rank")
-    assert presets.get("sspo").token_guard is False and presets.get("sspo").entropy_scale_low is True
+    # the preset's defaults, as configs/compare/sspo_defaults.yaml's decision rule chose them
+    sspo = presets.get("sspo")
+    assert sspo.token_guard is True and sspo.entropy_scale_low is False and sspo.entropy_norm == "quantile"
+    assert sspo.token_guard_eps_low is None and sspo.token_guard_eps_high is None
+    assert AlgorithmConfig().token_guard is False and AlgorithmConfig().entropy_norm == "ratio"

@@ -20,6 +20,16 @@ from sspo_jax.algorithms.config import LOSS_AGG_MODES
 from .batches import random_batch, toy_table
 
 
+def _classic(name, **kw):
+    """The preset as this file's reference models it: for ``sspo``, without issue 20's token guard,
+    quantile normalisation and upper-only widening (the shipped defaults since
+    configs/compare/sspo_defaults.yaml; test_issue20_loss.py checks those against
+    numpy_reference_sspo.py). Its GRPO and GSPO limits are stated with the guard off."""
+    if name == "sspo":
+        kw = {"token_guard": False, "entropy_norm": "ratio", "entropy_scale_low": True, **kw}
+    return presets.get(name, **kw)
+
+
 def _seg(cfg, batch):
     return segment_ids(jnp.asarray(batch.tokens), jnp.asarray(batch.mask), toy_table(), cfg.segmentation)
 
@@ -46,8 +56,8 @@ def _with_seg(cfg, **seg_fields):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sspo_token_granularity_alpha0_equals_grpo(mode, seed):
     batch = random_batch(seed)
-    grpo = presets.get("grpo", loss_agg_mode=mode, eps_high=0.28, kl_beta=0.0)
-    sspo = _with_seg(presets.get("sspo", loss_agg_mode=mode, entropy_alpha=0.0), granularity="token")
+    grpo = _classic("grpo", loss_agg_mode=mode, eps_high=0.28, kl_beta=0.0)
+    sspo = _with_seg(_classic("sspo", loss_agg_mode=mode, entropy_alpha=0.0), granularity="token")
     l1, g1, o1 = _loss_and_grad(grpo, batch)
     l2, g2, o2 = _loss_and_grad(sspo, batch)
     np.testing.assert_allclose(l1, l2, rtol=1e-6, atol=1e-7)
@@ -59,8 +69,8 @@ def test_sspo_token_granularity_alpha0_equals_grpo(mode, seed):
 @pytest.mark.parametrize("form", ["sg", "broadcast"])
 def test_sspo_sequence_granularity_alpha0_equals_gspo(mode, form):
     batch = random_batch(4, scale=0.3)
-    gspo = presets.get("gspo", loss_agg_mode=mode, eps_low=0.01, eps_high=0.02, ratio_form=form)
-    sspo = _with_seg(presets.get("sspo", loss_agg_mode=mode, entropy_alpha=0.0, eps_low=0.01, eps_high=0.02,
+    gspo = _classic("gspo", loss_agg_mode=mode, eps_low=0.01, eps_high=0.02, ratio_form=form)
+    sspo = _with_seg(_classic("sspo", loss_agg_mode=mode, entropy_alpha=0.0, eps_low=0.01, eps_high=0.02,
                                  ratio_form=form), granularity="sequence")
     l1, g1, o1 = _loss_and_grad(gspo, batch)
     l2, g2, _ = _loss_and_grad(sspo, batch)
@@ -71,7 +81,7 @@ def test_sspo_sequence_granularity_alpha0_equals_gspo(mode, form):
 
 def test_gspo_objective_is_mean_over_responses_of_sequence_surrogate():
     batch = random_batch(4, scale=0.05)
-    cfg = presets.get("gspo", eps_low=0.01, eps_high=0.02)
+    cfg = _classic("gspo", eps_low=0.01, eps_high=0.02)
     loss, _, _ = _loss_and_grad(cfg, batch)
     s = np.exp(np.asarray(ratios.sequence_log_ratio(jnp.asarray(batch.logp), jnp.asarray(batch.old_logp),
                                                      jnp.asarray(batch.mask))))
@@ -84,7 +94,7 @@ def test_gspo_objective_is_mean_over_responses_of_sequence_surrogate():
 @pytest.mark.parametrize("granularity", ["subsentence", "sequence"])
 def test_sg_form_equals_broadcast_form_in_value_and_gradient(granularity):
     batch = random_batch(5)
-    base = _with_seg(presets.get("sspo", entropy_alpha=1.0), granularity=granularity)
+    base = _with_seg(_classic("sspo", entropy_alpha=1.0), granularity=granularity)
     l1, g1, _ = _loss_and_grad(dataclasses.replace(base, ratio_form="sg"), batch)
     l2, g2, _ = _loss_and_grad(dataclasses.replace(base, ratio_form="broadcast"), batch)
     np.testing.assert_allclose(l1, l2, rtol=1e-6)
@@ -93,7 +103,7 @@ def test_sg_form_equals_broadcast_form_in_value_and_gradient(granularity):
 
 def test_sg_form_allows_per_token_advantages():
     batch = random_batch(6)
-    cfg = presets.get("sspo")
+    cfg = _classic("sspo")
     per_token = np.random.default_rng(0).normal(size=batch.mask.shape).astype(np.float32)
     loss, grad, _ = _loss_and_grad(cfg, batch, adv=per_token)
     assert np.isfinite(float(loss)) and np.all(np.isfinite(grad))
@@ -103,7 +113,7 @@ def test_sg_form_allows_per_token_advantages():
 
 def test_segment_log_ratio_is_mean_and_between_token_extremes():
     batch = random_batch(7, t=20, scale=0.5)
-    seg = _seg(presets.get("sspo"), batch)
+    seg = _seg(_classic("sspo"), batch)
     lr = np.asarray(ratios.segment_log_ratio(jnp.asarray(batch.logp), jnp.asarray(batch.old_logp),
                                              jnp.asarray(batch.mask), seg))
     delta = batch.logp - batch.old_logp
@@ -118,7 +128,7 @@ def test_segment_log_ratio_is_mean_and_between_token_extremes():
 
 def test_permuting_tokens_inside_a_segment_changes_nothing():
     batch = random_batch(8, t=16)
-    cfg = presets.get("sspo")
+    cfg = _classic("sspo")
     seg = np.asarray(_seg(cfg, batch))
     perm_logp, perm_old, perm_ent = batch.logp.copy(), batch.old_logp.copy(), batch.entropy.copy()
     rng = np.random.default_rng(0)
@@ -140,7 +150,7 @@ def test_permuting_tokens_inside_a_segment_changes_nothing():
 @pytest.mark.parametrize("name", [n for n in presets.names() if n not in ("clip_cov", "top_entropy")])
 def test_on_policy_every_preset_is_reinforce(name):
     batch = random_batch(9)
-    cfg = presets.get(name, kl_beta=0.0)
+    cfg = _classic(name, kl_beta=0.0)
     batch = dataclasses.replace(batch, logp=batch.old_logp.copy())
     loss, grad, out = _loss_and_grad(cfg, batch)
     assert float(out.metrics["clip_frac_low"]) == 0 and float(out.metrics["clip_frac_high"]) == 0
@@ -198,7 +208,7 @@ def _single_segment_entropies(hbars):
 
 @pytest.mark.parametrize("norm", ["ratio", "zscore", "none"])
 def test_entropy_scale_monotone_and_bounded(norm):
-    cfg = presets.get("sspo", entropy_norm=norm)
+    cfg = _classic("sspo", entropy_norm=norm)
     hbars = np.linspace(0.01, 4.0, 25)
     ent, mask, seg = _single_segment_entropies(hbars)
     g = np.asarray(entropy_scale(cfg, ent, mask, seg))[:, 0]
@@ -208,7 +218,7 @@ def test_entropy_scale_monotone_and_bounded(norm):
 
 
 def test_entropy_scale_ratio_formula_and_alpha0():
-    cfg = presets.get("sspo")
+    cfg = _classic("sspo")
     ent, mask, seg = _single_segment_entropies([0.5, 1.0, 1.5])  # mean 1.0 -> h = Hbar
     np.testing.assert_allclose(np.asarray(entropy_scale(cfg, ent, mask, seg))[:, 0], [0.5, 1.0, 1.5], rtol=1e-6)
     off = np.asarray(entropy_scale(dataclasses.replace(cfg, entropy_alpha=0.0), ent, mask, seg))
@@ -217,7 +227,7 @@ def test_entropy_scale_ratio_formula_and_alpha0():
 
 def test_no_gradient_flows_through_entropy():
     batch = random_batch(10)
-    cfg = presets.get("sspo")
+    cfg = _classic("sspo")
     seg = _seg(cfg, batch)
 
     def f(ent):
@@ -229,7 +239,7 @@ def test_no_gradient_flows_through_entropy():
 
 def test_entropy_stats_are_additive_over_micro_batches():
     batch = random_batch(11, b=6)
-    cfg = presets.get("sspo")
+    cfg = _classic("sspo")
     seg = _seg(cfg, batch)
     ent, mask = jnp.asarray(batch.entropy), jnp.asarray(batch.mask)
     whole = segment_entropy_stats(ent, mask, seg)
@@ -242,11 +252,11 @@ def test_sspo_needs_entropy_and_grpo_needs_ref():
     batch = random_batch(12)
     args = (jnp.asarray(batch.logp), jnp.asarray(batch.old_logp), jnp.asarray(batch.adv), jnp.asarray(batch.mask))
     with pytest.raises(ValueError, match="entropy"):
-        policy_loss(presets.get("sspo"), *args, segment_ids=_seg(presets.get("sspo"), batch))
+        policy_loss(_classic("sspo"), *args, segment_ids=_seg(_classic("sspo"), batch))
     with pytest.raises(ValueError, match="ref_logp"):
-        policy_loss(presets.get("grpo"), *args)
+        policy_loss(_classic("grpo"), *args)
     with pytest.raises(ValueError, match="advantages has shape"):
-        policy_loss(presets.get("dapo"), args[0], args[1], args[2][:2], args[3])
+        policy_loss(_classic("dapo"), args[0], args[1], args[2][:2], args[3])
 
 
 # --- outliers and clip-fraction ordering --------------------------------------------------------
@@ -267,7 +277,7 @@ def _outlier_batch():
 def test_one_extreme_token_clips_its_unit_only(granularity, clipped_tokens):
     tokens, logp, old = _outlier_batch()
     mask = jnp.ones(tokens.shape, bool)
-    cfg = _with_seg(presets.get("sspo", entropy_alpha=0.0, eps_low=0.2, eps_high=0.2), granularity=granularity)
+    cfg = _with_seg(_classic("sspo", entropy_alpha=0.0, eps_low=0.2, eps_high=0.2), granularity=granularity)
     seg = segment_ids(jnp.asarray(tokens), mask, toy_table(), cfg.segmentation)
     adv = jnp.asarray([1.0])
     grad = jax.grad(lambda lp: policy_loss(cfg, lp, jnp.asarray(old), adv, mask, segment_ids=seg).loss_sum)(
@@ -292,7 +302,7 @@ def test_clip_fraction_falls_from_token_to_segment_to_sequence():
     adv = jnp.asarray(adv)
     fracs = {}
     for gran in ("token", "subsentence", "sequence"):
-        cfg = _with_seg(presets.get("sspo", entropy_alpha=0.0), granularity=gran)
+        cfg = _with_seg(_classic("sspo", entropy_alpha=0.0), granularity=gran)
         seg = segment_ids(jnp.asarray(tokens), mask, toy_table(), cfg.segmentation)
         m = policy_loss(cfg, jnp.asarray(logp), jnp.asarray(old), adv, mask, segment_ids=seg).metrics
         fracs[gran] = float(m["clip_frac_low"] + m["clip_frac_high"])
@@ -304,7 +314,7 @@ def test_escape_fraction_counts_tokens_a_unit_mean_lets_through():
     tokens, mask, old, logp, adv = _noisy_segmented(1, b, t)
     escape = {}
     for gran in ("token", "subsentence", "sequence"):
-        cfg = _with_seg(presets.get("sspo", entropy_alpha=0.0), granularity=gran)
+        cfg = _with_seg(_classic("sspo", entropy_alpha=0.0), granularity=gran)
         seg = segment_ids(jnp.asarray(tokens), mask, toy_table(), cfg.segmentation)
         out = policy_loss(cfg, jnp.asarray(logp), jnp.asarray(old), jnp.asarray(adv), mask, segment_ids=seg)
         escape[gran] = float(out.metrics["escape_frac"])
@@ -348,7 +358,7 @@ def loss_inputs(draw):
 @given(loss_inputs(), st.sampled_from(presets.names()), st.sampled_from(LOSS_AGG_MODES))
 def test_finite_for_empty_rows_no_delimiters_and_extreme_log_ratios(inputs, name, mode):
     tokens, mask, delta, adv, ent = inputs
-    cfg = presets.get(name, loss_agg_mode=mode)
+    cfg = _classic(name, loss_agg_mode=mode)
     old = np.full(delta.shape, -2.0, np.float32)
     logp = old + delta
     seg = segment_ids(jnp.asarray(tokens), jnp.asarray(mask), toy_table(), cfg.segmentation)
@@ -368,7 +378,7 @@ def test_finite_for_empty_rows_no_delimiters_and_extreme_log_ratios(inputs, name
 
 def test_padding_values_are_ignored_even_if_infinite():
     batch = random_batch(13)
-    cfg = presets.get("grpo")
+    cfg = _classic("grpo")
     mask = batch.mask
     lp = np.where(mask, batch.logp, -np.inf).astype(np.float32)
     old = np.where(mask, batch.old_logp, np.nan).astype(np.float32)
@@ -385,7 +395,7 @@ class TestJit(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_policy_loss_same_with_and_without_jit(self):
         batch = random_batch(14)
-        cfg = presets.get("sspo")
+        cfg = _classic("sspo")
         seg = _seg(cfg, batch)
         fn = self.variant(lambda lp: policy_loss(cfg, lp, jnp.asarray(batch.old_logp), jnp.asarray(batch.adv),
                                                  jnp.asarray(batch.mask), segment_ids=seg,
@@ -396,7 +406,7 @@ class TestJit(chex.TestCase):
 
     def test_vmap_over_independent_batches(self):
         batches = [random_batch(s, b=3, empty_rows=False) for s in (20, 21)]
-        cfg = presets.get("dapo")
+        cfg = _classic("dapo")
         stack = lambda f: jnp.stack([jnp.asarray(f(bt)) for bt in batches])  # noqa: E731
         per = jax.vmap(lambda lp, olp, a, m: policy_loss(cfg, lp, olp, a, m).loss)(
             stack(lambda x: x.logp), stack(lambda x: x.old_logp), stack(lambda x: x.adv), stack(lambda x: x.mask))

@@ -23,6 +23,17 @@ from sspo_jax.algorithms import kl as kl_mod
 from sspo_jax.algorithms import losses as losses_mod
 from tests.algorithms import numpy_reference as ref
 
+
+def _classic(name, **kw):
+    """The preset as this file's reference models it: for ``sspo``, without issue 20's token guard,
+    quantile normalisation and upper-only widening (the shipped defaults since
+    configs/compare/sspo_defaults.yaml; test_issue20_loss.py checks those against
+    numpy_reference_sspo.py). Its GRPO and GSPO limits are stated with the guard off."""
+    if name == "sspo":
+        kw = {"token_guard": False, "entropy_norm": "ratio", "entropy_scale_low": True, **kw}
+    return presets.get(name, **kw)
+
+
 PRESETS = ["grpo", "dapo", "dr_grpo", "gspo", "gspo_token", "sspo", "ppo", "sppo"]
 AGG_MODES = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
 SHAPES = [(1, 1), (1, 7), (3, 7), (3, 16), (5, 1), (5, 16)]
@@ -192,7 +203,7 @@ def _with_seg(cfg, **seg_changes):
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_defaults_match_reference(name):
-    cfg = presets.get(name)
+    cfg = _classic(name)
     for (B, T), adv_kind, seed in zip(SHAPES, itertools.cycle(["seq", "tok"]), itertools.count()):
         case, seg, adv = _case_away_from_kinks(cfg, seed, B, T, adv_kind)
         _compare(cfg, case, adv, seg, with_ref=cfg.kl_beta > 0)
@@ -205,7 +216,7 @@ def test_preset_defaults_match_reference(name):
     "mode,norm_const", [(m, None) for m in AGG_MODES] + [("seq-mean-token-sum-norm", 11.0)]
 )
 def test_agg_modes_match_reference(name, mode, norm_const):
-    cfg = presets.get(name, loss_agg_mode=mode, loss_norm_constant=norm_const)
+    cfg = _classic(name, loss_agg_mode=mode, loss_norm_constant=norm_const)
     for seed, (B, T) in enumerate([(1, 7), (3, 16), (5, 7)]):
         for adv_kind in ("seq", "tok"):
             case, seg, adv = _case_away_from_kinks(cfg, 10 + seed, B, T, adv_kind)
@@ -215,7 +226,7 @@ def test_agg_modes_match_reference(name, mode, norm_const):
 @pytest.mark.parametrize("form", ["sg", "broadcast"])
 @pytest.mark.parametrize("granularity", ["token", "subsentence", "sequence"])
 def test_ratio_forms_and_granularities_match_reference(form, granularity):
-    cfg = _with_seg(presets.get("sspo", ratio_form=form), granularity=granularity)
+    cfg = _with_seg(_classic("sspo", ratio_form=form), granularity=granularity)
     for seed, (B, T) in enumerate([(3, 7), (5, 16), (1, 16)]):
         for adv_kind in ("seq", "tok"):
             case, seg, adv = _case_away_from_kinks(cfg, 20 + seed, B, T, adv_kind)
@@ -224,7 +235,7 @@ def test_ratio_forms_and_granularities_match_reference(form, granularity):
 
 @pytest.mark.parametrize("name", ["grpo", "sspo", "gspo"])
 def test_dual_clip_matches_reference(name):
-    cfg = presets.get(name, dual_clip=3.0, kl_beta=0.0)
+    cfg = _classic(name, dual_clip=3.0, kl_beta=0.0)
     hit = False
     for seed, (B, T) in enumerate([(3, 7), (5, 16)]):
         case, seg, adv = _case_away_from_kinks(cfg, 30 + seed, B, T, "tok", scale=1.2)
@@ -239,7 +250,7 @@ def test_dual_clip_matches_reference(name):
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("granularity", ["subsentence", "token"])
 def test_entropy_bounds_match_reference(norm, alpha, granularity):
-    cfg = _with_seg(presets.get("sspo", entropy_alpha=alpha, entropy_norm=norm), granularity=granularity)
+    cfg = _with_seg(_classic("sspo", entropy_alpha=alpha, entropy_norm=norm), granularity=granularity)
     for seed, (B, T) in enumerate([(3, 16), (5, 7)]):
         case, seg, adv = _case_away_from_kinks(cfg, 40 + seed, B, T, "seq")
         _compare(cfg, case, adv, seg)
@@ -248,7 +259,7 @@ def test_entropy_bounds_match_reference(norm, alpha, granularity):
 @pytest.mark.parametrize("est", ["k1", "k2", "k3"])
 @pytest.mark.parametrize("name", ["grpo", "sspo"])
 def test_kl_term_matches_reference(est, name):
-    cfg = presets.get(name, kl_beta=0.1, kl_estimator=est)
+    cfg = _classic(name, kl_beta=0.1, kl_estimator=est)
     for seed, (B, T) in enumerate([(3, 7), (5, 16)]):
         case, seg, adv = _case_away_from_kinks(cfg, 50 + seed, B, T, "tok")
         _compare(cfg, case, adv, seg)
@@ -259,7 +270,7 @@ def test_kl_term_matches_reference(est, name):
 )
 def test_segmented_loss_end_to_end(min_len, max_len):
     """JAX segment_ids -> JAX policy_loss against the same NumPy chain."""
-    cfg = _with_seg(presets.get("sspo"), min_segment_len=min_len, max_segment_len=max_len)
+    cfg = _with_seg(_classic("sspo"), min_segment_len=min_len, max_segment_len=max_len)
     for seed, (B, T) in enumerate([(3, 16), (5, 7)]):
         case, seg, adv = _case_away_from_kinks(cfg, 60 + seed, B, T, "seq")
         seg_j = segment_ids(
@@ -275,7 +286,7 @@ def test_log_ratio_clamp_active(form):
     no gradient (issue 22: the sg form used to pass an exp(c)-scaled gradient there)."""
     c = 0.3
     cfg = _with_seg(
-        presets.get("sspo", ratio_form=form, log_ratio_clamp=c, entropy_alpha=0.0),
+        _classic("sspo", ratio_form=form, log_ratio_clamp=c, entropy_alpha=0.0),
         granularity="sequence",
     )
     n_clamped_neg = 0  # clamped tokens with A < 0: the unclipped branch, where a gradient would flow
@@ -289,7 +300,7 @@ def test_log_ratio_clamp_active(form):
 
 
 def test_extreme_padding_values_are_ignored():
-    cfg = presets.get("sspo", kl_beta=0.05)
+    cfg = _classic("sspo", kl_beta=0.05)
     for seed, (B, T) in enumerate([(3, 7), (5, 16)]):
         case, seg, adv = _case_away_from_kinks(cfg, 80 + seed, B, T, "tok", pad_garbage=1e4)
         _compare(cfg, case, adv, seg)
@@ -297,7 +308,7 @@ def test_extreme_padding_values_are_ignored():
 
 @pytest.mark.parametrize("name", ["grpo", "sspo", "gspo", "dr_grpo"])
 def test_no_valid_tokens_gives_zero_loss(name):
-    cfg = presets.get(name)
+    cfg = _classic(name)
     case = _make_case(90, 3, 7)
     case.mask[:] = 0
     seg = np.full((3, 7), -1)
@@ -320,7 +331,7 @@ def test_no_valid_tokens_gives_zero_loss(name):
 def test_empty_batch_gives_zero_loss(name):
     """An empty batch: loss_sum 0 and the raw denominator 0 (kept raw so that sums over
     micro-batches stay exact); `out.loss` divides safely and is 0."""
-    cfg = presets.get(name)
+    cfg = _classic(name)
     case = _make_case(90, 3, 7)
     case.mask[:] = 0
     out = policy_loss(
@@ -335,7 +346,7 @@ def test_empty_batch_gives_zero_loss(name):
 
 @pytest.mark.parametrize("name", ["grpo", "sspo", "gspo_token", "ppo"])
 def test_on_policy_is_reinforce(name):
-    cfg = presets.get(name, kl_beta=0.0)
+    cfg = _classic(name, kl_beta=0.0)
     case = _make_case(91, 5, 16)
     case.old_logp = case.logp.copy()
     seg = _np_seg(case, cfg.segmentation)
@@ -350,7 +361,7 @@ def test_on_policy_is_reinforce(name):
 @pytest.mark.parametrize("B,T", [(1, 1), (1, 7), (3, 16), (5, 7)])
 def test_segment_ids_match_reference(seed, B, T):
     rng = np.random.default_rng(1000 + seed)
-    base = presets.get("sspo").segmentation
+    base = _classic("sspo").segmentation
     settings = [
         dict(granularity="subsentence", protect_decimals=True, min_segment_len=1, max_segment_len=None),
         dict(granularity="subsentence", protect_decimals=False, min_segment_len=1, max_segment_len=None),
@@ -413,7 +424,7 @@ _HAND_CASES = [
 def test_segment_ids_hand_cases(tokens, mask, over, expected):
     tokens = np.asarray([tokens], np.int32)
     mask = np.ones_like(tokens) if mask is None else np.asarray([mask], np.int32)
-    seg_cfg = dataclasses.replace(presets.get("sspo").segmentation, **over)
+    seg_cfg = dataclasses.replace(_classic("sspo").segmentation, **over)
     got = segment_ids(jnp.asarray(tokens), jnp.asarray(mask), _jtable(_HAND_TABLE), seg_cfg)
     np.testing.assert_array_equal(np.asarray(got), [expected])
     np.testing.assert_array_equal(

@@ -236,7 +236,7 @@ def test_shipped_specs_load_and_every_run_config_validates(name, monkeypatch):
             assert cfg.optim.lr == 1e-3
     if name == "sspo_defaults":  # the pre-registered runs: what each label changes, at the rule's lr
         cfgs = validate_train_configs(spec)
-        assert {c.optim.lr for c in cfgs.values()} == {2.8e-4} and spec.findings == ""  # amendment 1
+        assert {c.optim.lr for c in cfgs.values()} == {2.8e-4} and "outcome 1" in spec.findings  # amendment 1
         guard, noguard = cfgs["sspo_guard"].algorithm, cfgs["sspo_noguard"].algorithm
         assert guard.token_guard and not guard.entropy_scale_low and guard.entropy_norm == "quantile"
         assert not noguard.token_guard and cfgs["sspo_guard_alpha0"].algorithm.entropy_alpha == 0
