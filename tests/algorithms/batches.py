@@ -7,7 +7,7 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
-from sspo_jax.algorithms import DelimiterTable
+from sspo_jax.algorithms import DelimiterTable, presets
 
 VOCAB = 16
 DELIM_IDS = (1, 2)  # "," and "." in the toy vocabulary
@@ -55,3 +55,13 @@ def random_batch(seed: int, b: int = 6, t: int = 12, *, scale: float = 0.3, prom
     adv = rng.normal(size=(b,))
     f32 = lambda x: x.astype(np.float32)  # noqa: E731
     return Batch(tokens.astype(np.int32), mask, f32(logp), f32(old), f32(ref), f32(ent), f32(adv))
+
+
+def classic_preset(name, **kw):
+    """The preset as numpy_reference.py models it: for ``sspo``, without issue 20's token guard,
+    quantile normalisation and upper-only widening (the shipped defaults since
+    configs/compare/sspo_defaults.yaml; test_issue20_loss.py checks those against
+    numpy_reference_sspo.py). Its GRPO and GSPO limits are stated with the guard off."""
+    if name == "sspo":
+        kw = {"token_guard": False, "entropy_norm": "ratio", "entropy_scale_low": True, **kw}
+    return presets.get(name, **kw)

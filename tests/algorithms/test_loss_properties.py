@@ -17,17 +17,7 @@ from sspo_jax.algorithms import (SegmentationConfig, clipped_surrogate, entropy_
 from sspo_jax.algorithms import ratios
 from sspo_jax.algorithms.config import LOSS_AGG_MODES
 
-from .batches import random_batch, toy_table
-
-
-def _classic(name, **kw):
-    """The preset as this file's reference models it: for ``sspo``, without issue 20's token guard,
-    quantile normalisation and upper-only widening (the shipped defaults since
-    configs/compare/sspo_defaults.yaml; test_issue20_loss.py checks those against
-    numpy_reference_sspo.py). Its GRPO and GSPO limits are stated with the guard off."""
-    if name == "sspo":
-        kw = {"token_guard": False, "entropy_norm": "ratio", "entropy_scale_low": True, **kw}
-    return presets.get(name, **kw)
+from .batches import classic_preset as _classic, random_batch, toy_table
 
 
 def _seg(cfg, batch):

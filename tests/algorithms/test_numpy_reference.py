@@ -17,22 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sspo_jax.algorithms import DelimiterTable, policy_loss, presets, segment_ids
+from sspo_jax.algorithms import DelimiterTable, policy_loss, segment_ids
 from sspo_jax.algorithms import advantages as adv_mod
 from sspo_jax.algorithms import kl as kl_mod
 from sspo_jax.algorithms import losses as losses_mod
 from tests.algorithms import numpy_reference as ref
-
-
-def _classic(name, **kw):
-    """The preset as this file's reference models it: for ``sspo``, without issue 20's token guard,
-    quantile normalisation and upper-only widening (the shipped defaults since
-    configs/compare/sspo_defaults.yaml; test_issue20_loss.py checks those against
-    numpy_reference_sspo.py). Its GRPO and GSPO limits are stated with the guard off."""
-    if name == "sspo":
-        kw = {"token_guard": False, "entropy_norm": "ratio", "entropy_scale_low": True, **kw}
-    return presets.get(name, **kw)
-
+from tests.algorithms.batches import classic_preset as _classic
 
 PRESETS = ["grpo", "dapo", "dr_grpo", "gspo", "gspo_token", "sspo", "ppo", "sppo"]
 AGG_MODES = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]
