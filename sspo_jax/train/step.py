@@ -224,10 +224,6 @@ def _accumulate(acc, tree):
     return jax.tree.map(lambda a, g: a + g.astype(_F32), acc, tree)
 
 
-def _f32_zeros(tree):
-    return jax.tree.map(lambda p: jnp.zeros(p.shape, _F32), tree)
-
-
 def _same_dtypes(new, old):
     """`new` with the dtypes of `old` (an optimizer state keeps the dtypes its ``init`` gave it)."""
     return jax.tree.map(lambda n, o: n.astype(o.dtype), new, old)
@@ -354,30 +350,34 @@ def make_update_fn(models: Models, alg: AlgorithmConfig, policy_tx: optax.Gradie
         rows, stats = split_globals(mb)
         micro = jax.tree.map(lambda x: _micro_split(x, n_micro), rows)
 
-        def body(carry, xs):
-            m, i = xs
-            g_acc, s_acc, d_acc, metrics, w_acc, cg_acc, cs_acc, cd_acc = carry
+        def grads_of(m: RolloutBatch, i: Array) -> dict:
             m = with_globals(m, stats)
             (s, out), g = jax.value_and_grad(policy_micro, has_aux=True)(state.params, m, on_policy,
                                                                          jax.random.fold_in(mb_key, i))
-            g_acc = _accumulate(g_acc, g)
-            metrics = _merge(metrics, out.metrics, out.num_tokens)
+            r = {"g": g, "s": s, "d": out.denominator, "metrics": out.metrics, "w": out.num_tokens}
             if has_critic:
                 (cs, cd), cg = jax.value_and_grad(critic_micro, has_aux=True)(state.critic_params, m)
-                cg_acc, cs_acc, cd_acc = _accumulate(cg_acc, cg), cs_acc + cs, cd_acc + cd
-            return (g_acc, s_acc + s, d_acc + out.denominator, metrics, w_acc + out.num_tokens,
-                    cg_acc, cs_acc, cd_acc), None
+                r.update(cg=cg, cs=cs, cd=cd)
+            return r
 
-        zeros = _f32_zeros(state.params)
-        czeros = _f32_zeros(state.critic_params) if has_critic else None
-        first = with_globals(jax.tree.map(lambda x: x[0], micro), stats)
-        metric_keys = jax.eval_shape(lambda: policy_micro(state.params, first, on_policy, mb_key)[1].metrics)
-        init_metrics = {k: (jnp.full((), jnp.inf) if k.endswith("_min") else
-                            jnp.full((), -jnp.inf) if k.endswith("_max") else jnp.zeros(()))
-                        for k in metric_keys}
-        f0 = jnp.zeros((), _F32)
-        (g, s, d, metrics, w, cg, cs, cd), _ = jax.lax.scan(
-            body, (zeros, f0, f0, init_metrics, f0, czeros, f0, f0), (micro, jnp.arange(n_micro)))
+        def add(acc: dict, r: dict) -> dict:  # gradients summed in float32 whatever the parameter dtype
+            out = {k: acc[k] + r[k] for k in ("s", "d", "w", "cs", "cd") if k in r}
+            out["metrics"] = _merge(acc["metrics"], r["metrics"], r["w"])
+            out["g"] = _accumulate(acc["g"], r["g"])
+            if has_critic:
+                out["cg"] = _accumulate(acc["cg"], r["cg"])
+            return out
+
+        # The first micro-batch starts the sums (no zero-filled accumulator to keep alive beside
+        # them); the others are a scan, and there is none when the minibatch is one micro-batch.
+        first = grads_of(jax.tree.map(lambda x: x[0], micro), jnp.asarray(0))
+        acc = jax.tree.map(lambda x: x.astype(_F32), {**first, "metrics": _merge({}, first["metrics"], first["w"])})
+        if n_micro > 1:
+            rest = jax.tree.map(lambda x: x[1:], micro)
+            acc, _ = jax.lax.scan(lambda a, xs: (add(a, grads_of(*xs)), None), acc,
+                                  (rest, jnp.arange(1, n_micro)))
+        g, s, d, metrics, w = acc["g"], acc["s"], acc["d"], acc["metrics"], acc["w"]
+        cg, cs, cd = (acc["cg"], acc["cs"], acc["cd"]) if has_critic else (None, None, None)
         denom = jnp.maximum(d, 1.0)
         grads = jax.tree.map(lambda x: x / denom, g)
         loss = s / denom
