@@ -6,7 +6,7 @@
 
 Every per-row field is declared once, with the value its prompt columns are padded with
 (``metadata={"pad": value}`` on [N, T] fields, ``{"row": True}`` on [N] fields); `take_rows`,
-`widen` and `concat` work from those declarations, so adding a field is one line.
+`widen`, `concat` and `trim` work from those declarations, so adding a field is one line.
 """
 
 from __future__ import annotations
@@ -89,6 +89,35 @@ def widen(record: Rollout, prompt_width: int) -> Rollout:
     cols = {f.name: _left_pad(getattr(record, f.name), total, f.metadata["pad"])
             for f in dataclasses.fields(record) if "pad" in f.metadata}
     return dataclasses.replace(record, prompt_width=prompt_width, **cols)
+
+
+def padding_bounds(record: Rollout) -> tuple[np.ndarray, np.ndarray]:
+    """Per row (int32 [N] each): the leading prompt-padding columns and the response length."""
+    lead = np.argmax(record.attention_mask[:, :record.prompt_width], axis=1).astype(np.int32)
+    lead[~record.attention_mask[:, :record.prompt_width].any(axis=1)] = record.prompt_width
+    return lead, np.asarray(record.lengths, np.int32)
+
+
+def trim(record: Rollout, multiple: int, lead: int, longest: int) -> Rollout:
+    """The record without the columns that are padding in every row, in steps of `multiple`.
+
+    Drops ``floor(lead / multiple) * multiple`` columns on the left (`lead`: the fewest leading
+    padding columns of any row) and keeps ``ceil(longest / multiple) * multiple`` response columns
+    (`longest`: the longest response), so that widths come from a small set (each is a compiled
+    shape). Positions follow the attention mask and attention is causal, so every remaining
+    column's log-probs, entropies and gradients are those of the full width (up to float summation
+    order). Pass the bounds of the global batch in a multi-process job (every process must trim
+    alike).
+    """
+    if multiple <= 0:
+        return record
+    p, r = record.prompt_width, record.tokens.shape[1] - record.prompt_width
+    drop = min(lead, p - 1) // multiple * multiple  # at least one prompt column stays
+    keep = min(r, -(-max(longest, 1) // multiple) * multiple)
+    if drop == 0 and keep == r:
+        return record
+    cols = {f.name: getattr(record, f.name)[:, drop:p + keep] for f in dataclasses.fields(record) if "pad" in f.metadata}
+    return dataclasses.replace(record, prompt_width=p - drop, **cols)
 
 
 def concat(parts: list[Rollout]) -> Rollout:

@@ -141,6 +141,12 @@ class LoopConfig:
         them (`sspo_jax.train.step.needs_policy_stats`). False: the first minibatch uses the stats
         pass's log-probs, whose ratios differ from 1 by the numerics of two forwards (up to ~0.1 in
         bf16 compute).
+      trim_multiple: the stats pass and the update run on the batch without the columns that are
+        padding in every row (prompt-bucket padding on the left, columns after the longest
+        response on the right), dropped in steps of this many columns so that only a few widths
+        are compiled (`sspo_jax.train.records.trim`); 0 = the sampler's full width (prompt bucket
+        + ``sampling.max_new_tokens``). The values computed are the same either way, up to float
+        summation order.
     """
 
     steps: int = 100
@@ -148,8 +154,11 @@ class LoopConfig:
     micro_batch_size: Optional[int] = None
     max_consecutive_skips: int = 3
     exact_on_policy_ratio: bool = True
+    trim_multiple: int = 8
 
     def __post_init__(self) -> None:
+        if self.trim_multiple < 0:
+            raise ConfigError(f"train.trim_multiple={self.trim_multiple} must be >= 0 (0 = no trimming)")
         if self.steps < 1:
             raise ConfigError(f"train.steps={self.steps} must be >= 1")
         if self.micro_batch_size is not None and self.micro_batch_size < 1:

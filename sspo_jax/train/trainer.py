@@ -30,7 +30,7 @@ from sspo_jax.data import PromptBatcher, build_source
 from sspo_jax.errors import TrainingError
 from sspo_jax.parallel import is_main_process, multiprocess
 from sspo_jax.parallel.host_data import reduce_metrics
-from sspo_jax.train import collect, metric_names as M, optim, prepare, resume as resume_mod, sample, score
+from sspo_jax.train import collect, metric_names as M, optim, prepare, records, resume as resume_mod, sample, score
 from sspo_jax.train.console import StepConsole, run_summary
 from sspo_jax.train.build import build_run, check_disk_space, state_bytes
 from sspo_jax.train.checkpoint import Checkpointer
@@ -152,6 +152,16 @@ class Trainer:
                                      dynamic=dynamic, max_rounds=alg.max_sampling_rounds,
                                      metric=alg.dynamic_sampling_metric)
 
+    def trim(self, scored: ScoredRollout) -> ScoredRollout:
+        """`scored` without its all-padding columns (``train.trim_multiple``), by the global batch's bounds."""
+        multiple = self.cfg.train.trim_multiple
+        if multiple <= 0:
+            return scored
+        lead, lengths = records.padding_bounds(scored)
+        if multiprocess():
+            lead, lengths = self.rows.gather(lead), self.rows.gather(lengths)
+        return records.trim(scored, multiple, int(lead.min()), int(lengths.max()))
+
     def prepare(self, scored: ScoredRollout):
         """The device `RolloutBatch` of `scored` and its host metrics (`prepare.prepare_batch`)."""
         return prepare.prepare_batch(scored, self.state, prepare.PrepareFns(self.stats_fn, self.segment_fn),
@@ -171,6 +181,7 @@ class Trainer:
         prompts_before = dict(self.batcher.totals)
         roll, ds_metrics = self.collect(key)
         score.check_reward_range(self.cfg, roll.rewards, step)
+        roll = self.trim(roll)
         t1 = time.perf_counter()
         batch, prep_metrics = self.prepare(roll)
         jax.block_until_ready(batch.old_logp)

@@ -42,3 +42,27 @@ def test_bench_rollout_tiny_writes_wellformed_json(tmp_path):
     assert row["flax"]["first_call_s"] > 0 and row["flax"]["traces"] <= 1  # 0 if another test compiled it
     assert row["ratio_flax_over_torch"] > 0
     assert 0.0 <= row["greedy_agreement"]["token_fraction"] <= 1.0
+
+
+def test_bench_update_memory_reports_each_variant(tmp_path):
+    import bench_update_memory
+
+    config = str(BENCH_DIR.parent / "configs" / "tiny_sspo.yaml")
+    payload = bench_update_memory.main(["--config", config, "--prompt-len", "8", "--response-len", "8",
+                                        "--variant", "whole:", "--variant", "micro:train.micro_batch_size=64",
+                                        "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "update_memory.json").read_text())
+    whole, micro = data["results"]
+    assert (whole["variant"], micro["variant"], micro["micro_batch_size"]) == ("whole", "micro", 64)
+    assert whole["rows"] == 256 and whole["columns"] == 16
+    for row in (whole, micro):  # the donated state comes back in place
+        assert row["arguments_GiB"] > 0 and row["aliased_GiB"] == row["arguments_GiB"]
+        assert row["peak_GiB"] >= row["arguments_GiB"] + row["temporaries_GiB"] - 1e-3
+    assert payload["path"] == str(tmp_path / "update_memory.json")
+
+
+def test_bench_update_memory_refuses_a_malformed_variant():
+    import bench_update_memory
+
+    with pytest.raises(SystemExit):
+        bench_update_memory.main(["--config", "x.yaml", "--variant", "no-colon"])
