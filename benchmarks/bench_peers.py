@@ -82,13 +82,16 @@ PRESETS = {
     "sspo": ("configs/tiny_sspo.yaml", "gspo"),
 }
 SMOKE_OVERRIDES = ["data.batch_size=4", "algorithm.group_size=4"]
+# what a preset's sspo_jax config must change to be the peers' job: configs/tiny_sspo.yaml makes
+# 4 minibatch updates per rollout, the peers one (num_iterations 1)
+PRESET_OVERRIDES = {"grpo": [], "sspo": ["algorithm.num_minibatches=1"]}
 
 MATCHED = [
     "weights: every framework loads sspo_jax/assets/tiny-arith (fp32, tied embeddings)",
     "prompts: the same prompt texts and gold answers, in the same order, from sspo_jax's PromptBatcher",
-    "batch: 32 prompts x 8 responses = 256 rows per step, one optimizer update per step, no micro-batching "
-    "(sspo_jax micro_batch_size = 256 rows; TRL per_device_train_batch_size=256, gradient_accumulation_steps=1; "
-    "Tunix mini/micro batch = 32 prompts)",
+    "batch: 32 prompts x 8 responses = 256 rows per step, one optimizer update per step on the gradient of all "
+    "256 rows (sspo_jax algorithm.num_minibatches=1; TRL per_device_train_batch_size=256, "
+    "gradient_accumulation_steps=1; Tunix mini batch = 32 prompts)",
     "sampling: 48 new tokens max, temperature 1, top_p 1, no top_k, stop at EOS (id 0)",
     "optimizer: AdamW b1 0.9 b2 0.999 eps 1e-8, weight decay 0, lr 3e-4 with linear warmup from 0 over 2 updates "
     "then constant, global-norm clipping at 1 (TRL: lr_scheduler_type=constant_with_warmup, warmup_steps=2)",
@@ -102,6 +105,10 @@ MATCHED = [
     "frameworks run one after the other, each in its own process",
 ]
 UNMATCHED = [
+    "gradient accumulation: sspo_jax sums the 256 rows' gradient over 64-row micro-batches (train.micro_batch_size "
+    "of configs/tiny_base.yaml, which keeps the activations in the CPU's caches); TRL and Tunix run each forward "
+    "and backward on all 256 rows at once (TRL gradient_accumulation_steps=1, Tunix train_micro_batch_size = "
+    "32 prompts)",
     "sampling implementation: sspo_jax's jitted generate over prompt buckets (32/64), TRL's transformers "
     "generate() (dynamic KV cache), Tunix's Sampler (prompts left-padded to max(64, longest) with a fixed-size "
     "KV cache); the random streams differ, so the responses (and rewards) are samples of the same distribution, "
@@ -260,7 +267,7 @@ def load_job_config(preset: str, steps: int, smoke: bool):
     config overrides the sspo_jax job must apply to match it."""
     from sspo_jax.train.config import load_config
 
-    overrides = list(SMOKE_OVERRIDES if smoke else [])
+    overrides = [*PRESET_OVERRIDES[preset], *(SMOKE_OVERRIDES if smoke else [])]
     return load_config(REPO / PRESETS[preset][0], [*overrides, f"train.steps={steps}"]), overrides
 
 

@@ -9,7 +9,7 @@ YAML layout (every section optional; see configs/ for complete files)::
                 algorithm's group_size
     rewards:    RewardConfig fields (weights, workers, timeout_s, ...)
     optim:      {lr, schedule, warmup_steps, weight_decay, max_grad_norm, critic_lr, ...}
-    train:      {steps, seed, micro_batch_size, max_consecutive_skips}
+    train:      {steps, seed, micro_batch_size, max_consecutive_skips, exact_on_policy_ratio, trim_multiple}
     eval:       {every, size, batch_size, reward, path, samples}
     checkpoint: {every, keep}
     logging:    {tensorboard, progress}
@@ -89,7 +89,7 @@ class TrainConfig:
                               f"data.batch_size * group_size = {rows}")
         mb_rows = rows // alg.num_minibatches
         micro = self.train.micro_batch_size
-        if micro is not None and mb_rows % micro:
+        if micro is not None and micro < mb_rows and mb_rows % micro:
             raise ConfigError(f"train.micro_batch_size={micro} must divide the minibatch of {mb_rows} rows "
                               f"(rows {rows} / num_minibatches {alg.num_minibatches})")
         if alg.dynamic_sampling and alg.group_size < 2:
@@ -145,9 +145,9 @@ class TrainConfig:
 
     @property
     def micro_batch_size(self) -> int:
-        """Rows per micro-batch (the whole minibatch when unset)."""
+        """Rows per micro-batch (the whole minibatch when unset or at least the minibatch)."""
         mb = self.rows // self.algorithm.num_minibatches
-        return self.train.micro_batch_size or mb
+        return min(self.train.micro_batch_size or mb, mb)
 
     def replace(self, **changes) -> "TrainConfig":
         """A copy with `changes` applied (validated again)."""

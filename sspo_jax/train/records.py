@@ -98,22 +98,36 @@ def padding_bounds(record: Rollout) -> tuple[np.ndarray, np.ndarray]:
     return lead, np.asarray(record.lengths, np.int32)
 
 
-def trim(record: Rollout, multiple: int, lead: int, longest: int) -> Rollout:
-    """The record without the columns that are padding in every row, in steps of `multiple`.
+def trimmed_width(width: int, multiple: int, cap: int) -> int:
+    """`width` rounded up to a step of ``max(multiple, 2**floor(log2(width)) / 8)``, at most `cap`.
 
-    Drops ``floor(lead / multiple) * multiple`` columns on the left (`lead`: the fewest leading
-    padding columns of any row) and keeps ``ceil(longest / multiple) * multiple`` response columns
-    (`longest`: the longest response), so that widths come from a small set (each is a compiled
-    shape). Positions follow the attention mask and attention is causal, so every remaining
+    Steps grow with the width (8 per doubling), so a run compiles at most about 8 widths per
+    octave of lengths and pads less than one `multiple` or 1/8 beyond the longest row (with the
+    default multiple: 8-column steps up to 127 columns, 32-column steps from 256, 128 from 1024).
+    """
+    width = max(int(width), 1)
+    step = max(multiple, 1 << max(0, width.bit_length() - 4))
+    return min(cap, -(-width // step) * step)
+
+
+def trim(record: Rollout, multiple: int, lead: int, longest: int) -> Rollout:
+    """The record without the columns that are padding in every row, in `trimmed_width` steps.
+
+    `lead`: the fewest leading padding columns of any row, so the longest prompt is
+    ``prompt_width - lead`` columns; `longest`: the longest response. The kept prompt and response
+    widths are those lengths rounded up by `trimmed_width` (a small set of shapes, each compiled
+    once). Positions follow the attention mask and attention is causal, so every remaining
     column's log-probs, entropies and gradients are those of the full width (up to float summation
     order). Pass the bounds of the global batch in a multi-process job (every process must trim
-    alike).
+    alike). `multiple` <= 0: the record unchanged.
     """
     if multiple <= 0:
         return record
     p, r = record.prompt_width, record.tokens.shape[1] - record.prompt_width
-    drop = min(lead, p - 1) // multiple * multiple  # at least one prompt column stays
-    keep = min(r, -(-max(longest, 1) // multiple) * multiple)
+    if p < 1:
+        return record
+    drop = p - trimmed_width(p - min(max(lead, 0), p), multiple, p)  # at least one prompt column stays
+    keep = trimmed_width(longest, multiple, r) if r > 0 else 0
     if drop == 0 and keep == r:
         return record
     cols = {f.name: getattr(record, f.name)[:, drop:p + keep] for f in dataclasses.fields(record) if "pad" in f.metadata}

@@ -48,8 +48,8 @@ def check_same_model(run_dir: Path, model_config: Any, meta: dict[str, Any]) -> 
 
 # ---- config changes on resume ------------------------------------------------------------------
 
-SAFE_TO_CHANGE = ("train.steps", "train.micro_batch_size", "train.max_consecutive_skips", "eval", "logging",
-                  "checkpoint.every", "checkpoint.keep", "mesh", "distributed", "run_dir", "rewards.workers",
+SAFE_TO_CHANGE = ("train.steps", "train.micro_batch_size", "train.trim_multiple", "train.max_consecutive_skips",
+                  "eval", "logging", "checkpoint.every", "checkpoint.keep", "mesh", "distributed", "run_dir", "rewards.workers",
                   "rewards.timeout_s", "rewards.start_method", "rewards.max_gold_unparsed_frac",
                   "rewards.timeout_warn_frac", "model.remat", "model.logprob_chunk_size")
 """Config keys (or whole sections) that may differ between a checkpoint and the run resuming it:

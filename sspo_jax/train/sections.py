@@ -130,8 +130,11 @@ class LoopConfig:
     Attributes:
       steps: RL iterations (each: generate, score, update). Total, across resumes.
       seed: PRNG seed of sampling and minibatch shuffling.
-      micro_batch_size: rows per gradient-accumulation micro-batch; None = the whole minibatch.
-        The gradient is exactly that of the minibatch whatever this is.
+      micro_batch_size: rows per gradient-accumulation micro-batch (and per stats-pass chunk);
+        None, or a value at least the minibatch's rows, = the whole minibatch. Otherwise it must
+        divide the minibatch. The gradient is that of the minibatch whatever this is (up to float
+        summation order). On CPU, micro-batches of a few thousand tokens keep the activations in
+        cache and run faster than one large batch; on an accelerator, use the largest that fits.
       max_consecutive_skips: stop with an error after this many consecutive non-finite updates.
       exact_on_policy_ratio: in an on-policy update (the first minibatch of the first epoch: the
         parameters are still those that sampled the batch) the loss uses ``old_logp =
@@ -143,10 +146,11 @@ class LoopConfig:
         bf16 compute).
       trim_multiple: the stats pass and the update run on the batch without the columns that are
         padding in every row (prompt-bucket padding on the left, columns after the longest
-        response on the right), dropped in steps of this many columns so that only a few widths
-        are compiled (`sspo_jax.train.records.trim`); 0 = the sampler's full width (prompt bucket
-        + ``sampling.max_new_tokens``). The values computed are the same either way, up to float
-        summation order.
+        response on the right). The kept widths are rounded up in steps of this many columns, or
+        of 1/8 of the width when that is larger, so that a run compiles only a few widths (about
+        8 per doubling of the length) and pads less than one step (`sspo_jax.train.records.trim`); 0 =
+        the sampler's full width (prompt bucket + ``sampling.max_new_tokens``). The values
+        computed are the same either way, up to float summation order.
     """
 
     steps: int = 100

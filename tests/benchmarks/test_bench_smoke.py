@@ -47,17 +47,20 @@ def test_bench_rollout_tiny_writes_wellformed_json(tmp_path):
 def test_bench_update_memory_reports_each_variant(tmp_path):
     import bench_update_memory
 
-    config = str(BENCH_DIR.parent / "configs" / "tiny_sspo.yaml")
+    config = str(BENCH_DIR.parent / "configs" / "tiny_grpo.yaml")  # one minibatch of 256 rows
     payload = bench_update_memory.main(["--config", config, "--prompt-len", "8", "--response-len", "8",
-                                        "--variant", "whole:", "--variant", "micro:train.micro_batch_size=64",
-                                        "--out", str(tmp_path)])
+                                        "--variant", "whole:train.micro_batch_size=256",
+                                        "--variant", "micro:train.micro_batch_size=32", "--out", str(tmp_path)])
     data = json.loads((tmp_path / "update_memory.json").read_text())
     whole, micro = data["results"]
-    assert (whole["variant"], micro["variant"], micro["micro_batch_size"]) == ("whole", "micro", 64)
+    assert (whole["variant"], whole["micro_batch_size"], micro["variant"], micro["micro_batch_size"]) == \
+        ("whole", 256, "micro", 32)
     assert whole["rows"] == 256 and whole["columns"] == 16
-    for row in (whole, micro):  # the donated state comes back in place
-        assert row["arguments_GiB"] > 0 and row["aliased_GiB"] == row["arguments_GiB"]
-        assert row["peak_GiB"] >= row["arguments_GiB"] + row["temporaries_GiB"] - 1e-3
+    assert whole["arguments_GiB"] == micro["arguments_GiB"] > 0      # the same state
+    assert whole["temporaries_GiB"] != micro["temporaries_GiB"]      # the override reached the update
+    for row in (whole, micro):
+        assert row["peak_GiB"] == pytest.approx(
+            row["arguments_GiB"] + row["outputs_GiB"] - row["aliased_GiB"] + row["temporaries_GiB"], abs=2e-3)
     assert payload["path"] == str(tmp_path / "update_memory.json")
 
 

@@ -277,3 +277,33 @@ def test_critic_warmup_updates_only_the_critic_for_the_first_steps(small_policy)
     # the policy's schedule starts at its first update (the trainer logs lr(schedule_count) before each step)
     assert optim.schedule_count(warm.opt_state) == 0 and optim.schedule_count(after.opt_state) == 1
     assert optim.schedule_count(after.critic_opt_state) == 2
+
+
+@pytest.mark.parametrize("kind", ["token", "prompt"])
+def test_critic_gradient_identical_for_1_2_4_micro_batches(small_policy, kind):
+    """The policy's and the critic's sums start from the first micro-batch and add the others
+    (a scan only when there are several): the same SGD step for any micro-batch count."""
+    graphdef, params = small_policy
+    critic = (TokenValueModel(_CRITIC_CFG, rngs=nnx.Rngs(2)) if kind == "token" else
+              PromptCritic(_CRITIC_CFG, rngs=nnx.Rngs(2), head_init_std=0.5))
+    critic_gd, critic_params = nnx.split(critic)
+    models = Models(policy=graphdef, critic=critic_gd, critic_kind=kind)
+    alg = presets.get("ppo" if kind == "token" else "sppo", num_minibatches=1)
+    batch = _batch(Models(policy=graphdef), params, presets.get("dapo"), seed=5)
+    batch = dataclasses.replace(batch, returns=jnp.where(batch.response_mask, 0.5, 0.0),
+                                rewards=jnp.arange(N, dtype=jnp.float32) % 2)
+    tx, ctx = optax.sgd(1.0), optax.sgd(1.0)
+    state = TrainState(step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(jax.random.key(0)), params=params,
+                       opt_state=tx.init(params), critic_params=critic_params, critic_opt_state=ctx.init(critic_params))
+    results = []
+    for micro in (N, N // 2, N // 4):
+        update = make_update_fn(models, alg, tx, ctx, chunk_size=4, micro_rows=micro, donate=False)
+        new, metrics = update(state, batch)
+        results.append((jax.tree.leaves((new.params, new.critic_params)), metrics))
+    (ref, m_ref), others = results[0], results[1:]
+    assert float(m_ref["critic_grad_norm"]) > 0 and float(m_ref["grad_norm"]) > 0
+    for leaves, metrics in others:
+        for a, b in zip(ref, leaves):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+        for k in ("loss", "grad_norm", "critic_loss", "critic_grad_norm"):
+            np.testing.assert_allclose(float(metrics[k]), float(m_ref[k]), rtol=1e-5, err_msg=k)
