@@ -24,6 +24,15 @@ peak, with model FLOPs per token = 6 * (matmul parameters + V * H for the LM hea
 + 6 * L * Hq * D * T (causal attention scores and values, forward and backward). XLA's own FLOP
 count of the compiled update (which includes the chunked head's recomputation) is recorded too.
 
+``--micro-rows R`` runs the Flax update in micro-batches of R rows (gradients summed exactly, as
+``train.micro_batch_size`` does; small micro-batches keep a CPU's activations in cache) and
+``--unroll-layers`` unrolls its layer scan (``model.scan_layers: false``); the torch side always
+runs the whole batch in one pass (its fastest on CPU: gradient accumulation over 2-row micro-batches
+measured slower). On fp32 the benchmark also times the same large product through torch
+(``matmul_peak_torch``) and each of the model's GEMM shapes through both libraries (``gemms``):
+on a CPU they call different GEMM code, and a matmul-bound step cannot beat torch by more than
+the ratio of the two (the table's last column, weighted by FLOPs).
+
 Configs: ``5M`` (vocab 4096) and ``43M`` (vocab 151936) as in bench_model; ``0.5B`` is the
 Qwen2.5-0.5B shape (24 layers, hidden 896, vocab 151936) for GPUs; ``tiny`` is for the smoke test.
 Writes ``benchmarks/results/train.json`` (or ``--out``)::
@@ -99,6 +108,65 @@ def measure_matmul_peak(dtype: str, n: int, repeats: int) -> dict:
             "flops_per_s_median": flops / med, "flops_per_s_max": flops / min(times)}
 
 
+def measure_torch_matmul_peak(n: int, repeats: int, device: str) -> dict:
+    """FLOP/s of the same fp32 [n, n] @ [n, n] product through torch (its BLAS: oneDNN/MKL on CPU)."""
+    dev = torch.device(device)
+    gen = torch.Generator().manual_seed(1)
+    a, b = (torch.randn(n, n, generator=gen).to(dev) for _ in range(2))
+
+    def call():
+        out = a @ b
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    call()
+    times = timed_calls(call, repeats)
+    flops = 2.0 * n ** 3
+    med = statistics.median(times)
+    return {"n": n, "dtype": "float32", "seconds": times, "median_s": med, "flops": flops,
+            "flops_per_s_median": flops / med, "flops_per_s_max": flops / min(times)}
+
+
+def gemm_shapes(spec: dict, tokens: int) -> list[tuple[int, int, int]]:
+    """The (M, K, N) products of one layer's forward and the LM head at `tokens` rows."""
+    h, hi, v = spec["hidden_size"], spec["intermediate_size"], spec["vocab_size"]
+    d = h // spec["num_attention_heads"]
+    kv = spec["num_key_value_heads"] * d
+    return sorted({(tokens, h, h), (tokens, h, kv), (tokens, h, hi), (tokens, hi, h), (tokens, h, v)})
+
+
+def compare_gemms(spec: dict, tokens: int, repeats: int, device: str) -> list[dict]:
+    """GFLOP/s of each of the model's fp32 products through XLA and through torch, side by side.
+
+    On a CPU both sides call different GEMM libraries (XLA: its own emitters and YNNPACK; torch:
+    oneDNN/MKL), and a step that is bound by its matmuls cannot be faster than the ratio of these.
+    """
+    rows = []
+    gen = np.random.default_rng(0)
+    f = jax.jit(lambda x, y: jnp.dot(x, y, precision="highest"))
+    for m, k, n in gemm_shapes(spec, tokens):
+        a = gen.standard_normal((m, k)).astype(np.float32)
+        b = gen.standard_normal((k, n)).astype(np.float32)
+        ja, jb = jnp.asarray(a), jnp.asarray(b)
+        f(ja, jb).block_until_ready()
+        jt = statistics.median(timed_calls(lambda: f(ja, jb).block_until_ready(), repeats))
+        ta, tb = torch.from_numpy(a).to(device), torch.from_numpy(b).to(device)
+
+        def tcall():
+            out = ta @ tb
+            if device == "cuda":
+                torch.cuda.synchronize()
+            return out
+
+        tcall()
+        tt = statistics.median(timed_calls(tcall, repeats))
+        flops = 2.0 * m * k * n
+        rows.append({"m": m, "k": k, "n": n, "xla_gflops": flops / jt / 1e9, "torch_gflops": flops / tt / 1e9,
+                     "torch_over_xla": jt / tt})
+    return rows
+
+
 def make_batch(vocab: int, b: int, t: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Host arrays of one rollout batch: tokens, masks, old log-probs and advantages."""
     rng = np.random.default_rng(seed)
@@ -152,11 +220,18 @@ def torch_step_fn(hf, batch: dict, alg, device: str, dtype: str):
 
 # ---- flax -------------------------------------------------------------------------------------
 
-def flax_update(graphdef, params, alg, batch: dict, chunk: int, table) -> tuple:
-    """(jitted update, initial state, device batch) for one preset."""
+def flax_update(graphdef, params, alg, batch: dict, chunk: int, table, micro_rows: int = 0) -> tuple:
+    """(jitted update, initial state, device batch) for one preset.
+
+    ``micro_rows``: rows per forward/backward micro-batch (gradients summed exactly over them);
+    0 = the whole batch in one pass.
+    """
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(LR, weight_decay=0.0))
     b = batch["tokens"].shape[0]
-    update = make_update_fn(Models(policy=graphdef), alg, tx, None, chunk_size=chunk, micro_rows=b)
+    micro = b if micro_rows <= 0 else min(micro_rows, b)
+    if b % micro:
+        raise SystemExit(f"bench_train: --micro-rows {micro_rows} must divide --batch {b}")
+    update = make_update_fn(Models(policy=graphdef), alg, tx, None, chunk_size=chunk, micro_rows=micro)
     tokens = jnp.asarray(batch["tokens"])
     attn, resp = jnp.asarray(batch["attention_mask"]), jnp.asarray(batch["response_mask"])
     seg = segment_ids(tokens, resp, table, alg.segmentation)
@@ -187,10 +262,15 @@ def bench_config(name: str, spec: dict, args, device: str) -> dict:
     flops = model_flops_per_token(spec, t)
     res: dict = {"config": name, "params": n_params, "batch": b, "seq_len": t, "tokens_per_step": n_tok,
                  "dtype": args.dtype, "model_flops_per_token": flops, "load_avg_before": list(os.getloadavg())}
+    if args.dtype == "float32":  # the GEMMs at one micro-batch's rows, XLA vs torch
+        rows = b if args.micro_rows <= 0 else min(args.micro_rows, b)
+        res["gemms"] = compare_gemms(spec, rows * t, max(args.repeats, 10), device)
+        res["gemm_rows"] = rows * t
     with tempfile.TemporaryDirectory() as d:
         hf.save_pretrained(d)
         compute = jnp.bfloat16 if args.dtype == "bfloat16" else None
-        model = from_pretrained(d, dtype=jnp.float32, compute_dtype=compute, remat=args.remat)
+        model = from_pretrained(d, dtype=jnp.float32, compute_dtype=compute, remat=args.remat,
+                                scan_layers=not args.unroll_layers)
     graphdef, params = nnx.split(model)
     del model
 
@@ -200,7 +280,7 @@ def bench_config(name: str, spec: dict, args, device: str) -> dict:
     table = DelimiterTable.from_token_texts(texts, presets.get("sspo").segmentation)
     for preset in [args.preset, *args.extra_presets]:
         alg = presets.get(preset, kl_beta=0.0, num_minibatches=1, ppo_epochs=1, loss_agg_mode="token-mean")
-        update, state, rb = flax_update(graphdef, params, alg, batch, args.chunk, table)
+        update, state, rb = flax_update(graphdef, params, alg, batch, args.chunk, table, args.micro_rows)
         t0 = time.perf_counter()
         lowered = update.lower(state, rb)
         compiled = lowered.compile()
@@ -249,16 +329,28 @@ def bench_config(name: str, spec: dict, args, device: str) -> dict:
     return res
 
 
+def _gemm_ratio(res: dict) -> str:
+    """FLOP-weighted speed of torch's GEMMs over XLA's at the model's shapes ("-" if not measured)."""
+    rows = res.get("gemms")
+    if not rows:
+        return "-"
+    flops = [2.0 * g["m"] * g["k"] * g["n"] for g in rows]
+    xla = sum(f / (g["xla_gflops"] * 1e9) for f, g in zip(flops, rows))
+    tch = sum(f / (g["torch_gflops"] * 1e9) for f, g in zip(flops, rows))
+    return f"{xla / tch:.2f}x"
+
+
 def _table(payload: dict) -> str:
     peak = payload["matmul_peak"]["flops_per_s_median"]
     pre = payload["args"]["preset"]
-    lines = ["| config | params | B x T | flax tok/s | torch tok/s | flax / torch | flax MFU | torch MFU |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| config | params | B x T | flax tok/s | torch tok/s | flax / torch | flax MFU | torch MFU "
+             "| torch / XLA GEMM |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in payload["results"]:
         f, t = r[f"flax_{pre}"], r["torch"]
         lines.append(f"| {r['config']} | {r['params'] / 1e6:.1f}M | {r['batch']} x {r['seq_len']} | "
                      f"{f['tokens_per_s_median']:.0f} | {t['tokens_per_s_median']:.0f} | "
-                     f"{r['ratio_flax_over_torch']:.2f}x | {f['mfu']:.1%} | {t['mfu']:.1%} |")
+                     f"{r['ratio_flax_over_torch']:.2f}x | {f['mfu']:.1%} | {t['mfu']:.1%} | {_gemm_ratio(r)} |")
     return "\n".join(lines)
 
 
@@ -273,6 +365,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--extra-presets", default="sspo", help="comma list timed on the Flax side only")
     ap.add_argument("--chunk", type=int, default=256, help="vocabulary-head chunk (tokens) on the Flax side")
     ap.add_argument("--remat", action="store_true", help="rematerialise each decoder layer on the Flax side")
+    ap.add_argument("--micro-rows", type=int, default=0,
+                    help="Flax side: rows per forward/backward micro-batch (0: the whole batch)")
+    ap.add_argument("--unroll-layers", action="store_true",
+                    help="Flax side: unroll the layer scan (model.scan_layers: false)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--matmul-n", type=int, default=0, help="matmul-peak size (0: 2048 on CPU, 8192 on GPU)")
@@ -296,8 +392,13 @@ def main(argv: list[str] | None = None) -> dict:
     payload: dict = {"benchmark": "bench_train", "args": vars(args), "torch_device": device,
                      "torch_threads": torch.get_num_threads(), "load_avg_at_start": list(os.getloadavg()),
                      "matmul_peak": measure_matmul_peak(peak_dtype, n, max(args.repeats, 5)), "results": []}
+    if peak_dtype == "float32":
+        payload["matmul_peak_torch"] = measure_torch_matmul_peak(n, max(args.repeats, 5), device)
     peak = payload["matmul_peak"]["flops_per_s_median"]
     print(f"[bench_train] matmul peak {peak / 1e9:.1f} GFLOP/s ({peak_dtype}, n={n})", flush=True)
+    if "matmul_peak_torch" in payload:
+        print(f"[bench_train] torch matmul peak {payload['matmul_peak_torch']['flops_per_s_median'] / 1e9:.1f} "
+              "GFLOP/s (the same product)", flush=True)
     for name in names:
         print(f"[bench_train] {name} B={args.batch} T={args.seq_len} {args.dtype} ...", flush=True)
         res = bench_config(name, CONFIGS[name], args, device)

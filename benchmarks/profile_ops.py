@@ -124,7 +124,8 @@ def generate_program(config: str, batch: int, new_tokens: int, prompt_len: int):
     return call, hlo, batch * new_tokens
 
 
-def train_program(config: str, batch: int, seq_len: int, preset: str):
+def train_program(config: str, batch: int, seq_len: int, preset: str, micro_rows: int = 0,
+                  scan_layers: bool = True):
     import transformers
 
     from bench_train import flax_update, make_batch
@@ -137,12 +138,13 @@ def train_program(config: str, batch: int, seq_len: int, preset: str):
     hf_cfg = transformers.Qwen2Config(**spec, max_position_embeddings=max(4096, seq_len), rms_norm_eps=1e-6)
     with tempfile.TemporaryDirectory() as d:
         transformers.Qwen2ForCausalLM(hf_cfg).float().save_pretrained(d)
-        model = from_pretrained(d, dtype=jnp.float32)
+        model = from_pretrained(d, dtype=jnp.float32, scan_layers=scan_layers)
     graphdef, params = nnx.split(model)
     texts = ["" if i < 2 else ". " if i < 16 else f" w{i}" for i in range(spec["vocab_size"])]
     table = DelimiterTable.from_token_texts(texts, presets.get("sspo").segmentation)
     alg = presets.get(preset, kl_beta=0.0, num_minibatches=1, ppo_epochs=1, loss_agg_mode="token-mean")
-    update, state, rb = flax_update(graphdef, params, alg, make_batch(spec["vocab_size"], batch, seq_len), 256, table)
+    update, state, rb = flax_update(graphdef, params, alg, make_batch(spec["vocab_size"], batch, seq_len), 256, table,
+                                    micro_rows)
     compiled = update.lower(state, rb).compile()
     holder = {"state": state}
 
@@ -161,6 +163,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--prompt-len", type=int, default=32, help="generate: prompt width")
     ap.add_argument("--seq-len", type=int, default=256, help="train: row width")
     ap.add_argument("--preset", default="grpo", help="train: the loss")
+    ap.add_argument("--micro-rows", type=int, default=0, help="train: rows per micro-batch (0: whole batch)")
+    ap.add_argument("--unroll-layers", action="store_true", help="train: unroll the layer scan")
     ap.add_argument("--repeats", type=int, default=3, help="untraced timed calls before the traced one")
     ap.add_argument("--top", type=int, default=25, help="ops listed")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR)
@@ -171,7 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.what == "generate":
         call, hlo, tokens = generate_program(config, args.batch, args.new_tokens, args.prompt_len)
     else:
-        call, hlo, tokens = train_program(config, args.batch, args.seq_len, args.preset)
+        call, hlo, tokens = train_program(config, args.batch, args.seq_len, args.preset, args.micro_rows,
+                                          not args.unroll_layers)
     call()  # compile and warm up
     load_before = list(os.getloadavg())
     timing = summarize_times(timed_calls(call, args.repeats), tokens)

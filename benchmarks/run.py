@@ -244,7 +244,8 @@ def summarize(out: Path, runs: dict[str, Any] | None = None) -> dict[str, Any]:
         if not path.exists():
             continue
         data = json.loads(path.read_text())
-        entry: dict[str, Any] = {"file": path.name, "date": data.get("date") or data.get("machine", {}).get("date")}
+        entry: dict[str, Any] = {"file": path.name, "date": data.get("date") or data.get("machine", {}).get("date"),
+                                 "cpu_model": data.get("machine", {}).get("cpu_model")}
         if runs and name in runs:
             entry["run"] = runs[name]
         try:
@@ -265,6 +266,15 @@ def _num(x: float) -> str:
     return f"{x:.3g}" if abs(x) < 100 else f"{x:.0f}"
 
 
+def _cpu_line(summary: dict[str, Any]) -> list[str]:
+    """One line naming each benchmark's CPU when they ran on different CPU models (ratios measured
+    on different machines are not comparable with each other), else nothing."""
+    cpus = {name: e.get("cpu_model") or "an unrecorded CPU" for name, e in summary["benchmarks"].items()}
+    if len(set(cpus.values())) <= 1:
+        return []
+    return ["", "They ran on different CPUs: " + ", ".join(f"{n} on {c}" for n, c in cpus.items()) + "."]
+
+
 def markdown(summary: dict[str, Any]) -> str:
     """The summary as a markdown table (one row per figure)."""
     m = summary["machine"]
@@ -278,7 +288,7 @@ def markdown(summary: dict[str, Any]) -> str:
              f"transformers {m['versions'].get('transformers', '?')}; summary written {m['date']}.", "",
              "Each benchmark's own run date: " + ", ".join(
                  f"{name} {str(entry.get('date') or '?')[:10]}" for name, entry in summary["benchmarks"].items())
-             + ".", "",
+             + ".", *_cpu_line(summary), "",
              "| benchmark | figure | median | min - max | target | met |",
              "| --- | --- | --- | --- | --- | --- |"]
     for f in summary["figures"]:

@@ -80,13 +80,20 @@ def test_update_readme_replaces_only_the_marked_block(tmp_path):
 def test_bench_train_tiny_writes_wellformed_json(tmp_path):
     import bench_train
 
-    payload = bench_train.main(["--configs", "tiny", "--batch", "2", "--seq-len", "32", "--repeats", "1",
+    payload = bench_train.main(["--configs", "tiny", "--batch", "4", "--seq-len", "16", "--repeats", "1",
                                 "--warmup", "0", "--extra-presets", "", "--matmul-n", "256",
-                                "--out", str(tmp_path)])
+                                "--micro-rows", "2", "--unroll-layers", "--out", str(tmp_path)])
     data = json.loads((tmp_path / "train.json").read_text())
     assert Path(payload["path"]) == tmp_path / "train.json"
+    assert data["args"]["micro_rows"] == 2 and data["args"]["unroll_layers"] is True
     (row,) = data["results"]
-    assert (row["config"], row["batch"], row["seq_len"], row["tokens_per_step"]) == ("tiny", 2, 32, 64)
+    assert (row["config"], row["batch"], row["seq_len"], row["tokens_per_step"]) == ("tiny", 4, 16, 64)
+    # the GEMM comparison: one micro-batch's rows (2 x 16) through XLA and torch at each model shape
+    assert data["matmul_peak_torch"]["flops_per_s_median"] > 0
+    assert row["gemm_rows"] == 32
+    assert {(g["m"], g["k"], g["n"]) for g in row["gemms"]} >= {(32, 32, 64), (32, 64, 32), (32, 32, 256)}
+    assert all(g["xla_gflops"] > 0 and g["torch_gflops"] > 0 for g in row["gemms"])
+    assert "torch / XLA GEMM" in data["table"][0]
     for side in ("flax_grpo", "torch"):
         assert row[side]["median_s"] > 0 and row[side]["mfu"] > 0
     assert row["flax_grpo"]["skipped"] == 0.0
@@ -96,6 +103,17 @@ def test_bench_train_tiny_writes_wellformed_json(tmp_path):
     assert data["matmul_peak"]["flops_per_s_median"] > 0
     fig_names = [f["name"] for f in bench_run.figures_train(data)]
     assert any("flax / torch" in n for n in fig_names) and any("MFU" in n for n in fig_names)
+    with pytest.raises(SystemExit, match="must divide"):
+        bench_train.main(["--configs", "tiny", "--batch", "4", "--seq-len", "16", "--micro-rows", "3",
+                          "--repeats", "1", "--matmul-n", "64", "--extra-presets", "", "--out", str(tmp_path)])
+
+
+def test_summary_names_each_cpu_when_they_differ():
+    same = {"benchmarks": {"train": {"cpu_model": "A"}, "rollout": {"cpu_model": "A"}}}
+    assert bench_run._cpu_line(same) == []
+    mixed = {"benchmarks": {"train": {"cpu_model": "A"}, "rollout": {"cpu_model": "B"}, "model": {}}}
+    (_, line) = bench_run._cpu_line(mixed)
+    assert line == "They ran on different CPUs: train on A, rollout on B, model on an unrecorded CPU."
 
 
 def test_bench_iteration_tiny_writes_wellformed_json(tmp_path):
