@@ -48,7 +48,9 @@ def bench_preset(name: str, x: dict, repeats: int) -> dict:
     seg = seg_fn(x["tokens"], x["mask"]).block_until_ready()
 
     def loss(lp, old, adv, mask, seg, ent, ref):
-        out = policy_loss(cfg, lp, old, adv, mask, segment_ids=seg, entropy=ent, ref_logp=ref)
+        # Clip-Cov draws its clipped tokens at random: one fixed key (the trainer folds one per step)
+        rng = jax.random.key(0) if cfg.uses_rng else None
+        out = policy_loss(cfg, lp, old, adv, mask, segment_ids=seg, entropy=ent, ref_logp=ref, rng=rng)
         return out.loss, out.metrics
 
     step = jax.jit(jax.value_and_grad(loss, has_aux=True))

@@ -65,6 +65,8 @@ FRAMEWORKS = ("sspo_jax", "trl", "tunix")
 TARGETS = {"trl": 1.2, "tunix": 1.5}
 """Targets for ``<peer>_step / sspo_jax_step`` on the GRPO preset (the SSPO comparison is reported)."""
 PHASES = ("generate_and_reward_s", "extra_forward_s", "update_s")
+UPDATE_UTILISATION_TARGET = 0.6
+"""Target for the sspo_jax update's model FLOPs over the valid tokens / the measured matmul peak."""
 
 # Installed stage by stage (one pip call each). torch goes first and alone so that pip keeps
 # the CPU build instead of resolving a CUDA torch for TRL.
@@ -161,7 +163,27 @@ def summarize_records(records: list[dict[str, Any]], skip_steps: int) -> dict[st
     out["reward_mean"] = statistics.fmean(rewards)
     out["reward_se"] = reward_standard_error(rewards, responses)
     out["responses_measured"] = responses
+    if all("update_model_flops" in r for r in measured):
+        rates = [r["update_model_flops"] / r["update_s"] for r in measured]
+        out["update_work"] = {
+            "model_flops_per_s_median": statistics.median(rates),
+            "valid_tokens_mean": statistics.fmean(r["update_valid_tokens"] for r in measured),
+            "computed_tokens_mean": statistics.fmean(r["update_computed_tokens"] for r in measured),
+            "note": "model FLOPs of one forward + backward over the valid (non-padding) tokens "
+                    "(common.rows_model_flops) / update seconds; computed = rows x trimmed width"}
     return out
+
+
+def update_utilisation(summary: dict[str, Any], peak: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    """The update's median model FLOP/s over the valid tokens as a fraction of the matmul peak the
+    job measured in its own process (``matmul_peak``), with the target; None without both."""
+    work = summary.get("update_work")
+    if not work or not peak:
+        return None
+    frac = work["model_flops_per_s_median"] / peak["flops_per_s_median"]
+    return {"fraction_of_peak": frac, "matmul_peak_flops_per_s": peak["flops_per_s_median"],
+            "padding_computed_frac": 1 - work["valid_tokens_mean"] / work["computed_tokens_mean"],
+            "target": f">= {100 * UPDATE_UTILISATION_TARGET:g} %", "met": frac >= UPDATE_UTILISATION_TARGET}
 
 
 def reward_standard_error(step_means: list[float], responses: int = 0) -> float:
@@ -423,6 +445,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 continue
             summary.update(load_avg_before=list(load_before), wall_s=result["wall_s"], records_file=res_path.name,
                            **{k: v for k, v in result.items() if k not in ("records", "framework", "preset", "wall_s")})
+            util = update_utilisation(summary, result.get("matmul_peak"))
+            if util:
+                summary["update_utilisation"] = util
             entry["frameworks"][name] = summary
             print(f"[peers] {preset}: {name} median step {summary['step']['median_s']:.3f} s (generate+reward "
                   f"{summary['generate_and_reward']['median_s']:.3f}, extra forwards "

@@ -23,6 +23,9 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import cpu_model  # noqa: E402
+
 MATH_STYLE = [
     ("The answer is \\boxed{\\frac{1}{2}}.", "0.5"),
     ("The answer is \\boxed{50\\%}.", "0.5"),
@@ -118,7 +121,7 @@ def main() -> None:
                    "start_method": "spawn", "note": "gold parses are cached per process; timed calls "
                    "follow one warm-up call per mode"},
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpu_count": cpus, "python": sys.version.split()[0],
+                    "cpu_model": cpu_model(), "cpu_count": cpus, "python": sys.version.split()[0],
                     "load_average_1_5_15min_at_end": list(os.getloadavg())},
         "versions": {name: version(name) for name in ("sspo-jax", "math-verify", "sympy", "latex2sympy2_extended",
                                                         "numpy")},

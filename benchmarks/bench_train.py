@@ -61,7 +61,7 @@ from flax import nnx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_model import CONFIGS as MODEL_CONFIGS  # noqa: E402
-from common import RESULTS_DIR, summarize_times, timed_calls, write_json  # noqa: E402
+from common import RESULTS_DIR, measure_matmul_peak, model_flops_per_token, summarize_times, timed_calls, write_json  # noqa: E402
 
 from sspo_jax.algorithms import presets  # noqa: E402
 from sspo_jax.algorithms.clipping import segment_entropy_stats  # noqa: E402
@@ -79,33 +79,6 @@ CONFIGS = {
                  num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True),
 }
 LR = 1e-6  # small: repeated steps on one batch must stay finite
-
-
-def model_flops_per_token(spec: dict, seq_len: int) -> dict:
-    """Training FLOPs per token of one forward + backward (the 6N rule plus causal attention)."""
-    h, hi, n_layers = spec["hidden_size"], spec["intermediate_size"], spec["num_hidden_layers"]
-    hq, hkv = spec["num_attention_heads"], spec["num_key_value_heads"]
-    d = h // hq
-    per_layer = h * hq * d + 2 * h * hkv * d + hq * d * h + 3 * h * hi  # q, k, v, o, gate, up, down
-    matmul_params = n_layers * per_layer + spec["vocab_size"] * h  # + the LM head
-    dense = 6 * matmul_params
-    attention = 6 * n_layers * hq * d * seq_len  # 12 * L * Hq * D * T, halved by the causal mask
-    return {"matmul_params": matmul_params, "dense": dense, "attention": attention, "total": dense + attention}
-
-
-def measure_matmul_peak(dtype: str, n: int, repeats: int) -> dict:
-    """FLOP/s of an [n, n] @ [n, n] product through JAX (median over repeats)."""
-    dt = jnp.dtype(dtype)
-    key1, key2 = jax.random.split(jax.random.key(1))
-    a = jax.random.normal(key1, (n, n), jnp.float32).astype(dt)
-    b = jax.random.normal(key2, (n, n), jnp.float32).astype(dt)
-    f = jax.jit(lambda x, y: jnp.dot(x, y, precision="highest", preferred_element_type=dt))
-    f(a, b).block_until_ready()
-    times = timed_calls(lambda: f(a, b).block_until_ready(), repeats)
-    flops = 2.0 * n ** 3
-    med = statistics.median(times)
-    return {"n": n, "dtype": dtype, "seconds": times, "median_s": med, "flops": flops,
-            "flops_per_s_median": flops / med, "flops_per_s_max": flops / min(times)}
 
 
 def measure_torch_matmul_peak(n: int, repeats: int, device: str) -> dict:

@@ -16,7 +16,28 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "torch", "transformers")
 
 
-def _cpu_model() -> str:
+def model_flops_per_token(spec: dict, seq_len: int) -> dict:
+    """Training FLOPs per token of one forward + backward (the 6N rule plus causal attention) of a
+    decoder with the Hugging Face config keys of `spec`."""
+    h, hi, n_layers = spec["hidden_size"], spec["intermediate_size"], spec["num_hidden_layers"]
+    hq, hkv = spec["num_attention_heads"], spec["num_key_value_heads"]
+    d = spec.get("head_dim") or h // hq
+    per_layer = h * hq * d + 2 * h * hkv * d + hq * d * h + 3 * h * hi  # q, k, v, o, gate, up, down
+    matmul_params = n_layers * per_layer + spec["vocab_size"] * h  # + the LM head
+    dense = 6 * matmul_params
+    attention = 6 * n_layers * hq * d * seq_len  # 12 * L * Hq * D * T, halved by the causal mask
+    return {"matmul_params": matmul_params, "dense": dense, "attention": attention, "total": dense + attention}
+
+
+def rows_model_flops(spec: dict, lengths) -> float:
+    """Training FLOPs of one forward + backward over rows of `lengths` valid tokens each (padding
+    not counted): `model_flops_per_token` summed over every row's tokens at that row's length."""
+    per = model_flops_per_token(spec, 0)
+    attention_per_token_per_len = model_flops_per_token(spec, 1)["attention"]
+    return float(sum(per["dense"] * n + attention_per_token_per_len * n * n for n in lengths))
+
+
+def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (the platform's processor string elsewhere)."""
     try:
         with open("/proc/cpuinfo") as fh:
@@ -35,7 +56,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": {},
     }
@@ -84,6 +105,24 @@ def timed_calls(fn: Callable[[], Any], repeats: int) -> list[float]:
         fn()
         times.append(time.perf_counter() - t0)
     return times
+
+
+def measure_matmul_peak(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> dict:
+    """FLOP/s of an [n, n] @ [n, n] product through JAX (median over repeats)."""
+    import jax
+    import jax.numpy as jnp
+
+    dt = jnp.dtype(dtype)
+    key1, key2 = jax.random.split(jax.random.key(1))
+    a = jax.random.normal(key1, (n, n), jnp.float32).astype(dt)
+    b = jax.random.normal(key2, (n, n), jnp.float32).astype(dt)
+    f = jax.jit(lambda x, y: jnp.dot(x, y, precision="highest", preferred_element_type=dt))
+    f(a, b).block_until_ready()
+    times = timed_calls(lambda: f(a, b).block_until_ready(), repeats)
+    flops = 2.0 * n ** 3
+    med = statistics.median(times)
+    return {"n": n, "dtype": dtype, "seconds": times, "median_s": med, "flops": flops,
+            "flops_per_s_median": flops / med, "flops_per_s_max": flops / min(times)}
 
 
 def summarize_times(times: list[float], tokens: int | None = None) -> dict[str, Any]:

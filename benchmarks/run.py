@@ -222,6 +222,13 @@ def figures_peers(d: dict) -> list[dict]:
                 note += f"; ratio refused: {refused}"
             out.append(_fig(f"RL step time, {name} ({job})", s["step"]["median_s"], "s",
                             spread=(s["step"]["min_s"], s["step"]["max_s"]), note=note))
+            util = s.get("update_utilisation")
+            if util:
+                out.append(_fig(f"update model FLOP/s over valid tokens / matmul peak, {name} ({job})",
+                                100 * util["fraction_of_peak"], "% of matmul peak", target=util["target"],
+                                met=util["met"],
+                                note=f"peak {util['matmul_peak_flops_per_s'] / 1e9:.0f} GFLOP/s in the job's process; "
+                                     f"{100 * util['padding_computed_frac']:.0f}% of the computed tokens are padding"))
         for key, r in entry["ratios"].items():
             if "ratio" in r:
                 out.append(_fig(f"{key} ({job})", r["ratio"], "x", spread=(r["min"], r["max"]),

@@ -20,7 +20,9 @@ for path in (BENCH_DIR, BENCH_DIR / "peers"):
         sys.path.insert(0, str(path))
 
 import bench_peers  # noqa: E402
+import run as bench_run  # noqa: E402
 import job_io  # noqa: E402
+from common import model_flops_per_token, rows_model_flops  # noqa: E402
 
 
 def _records(step_s, rewards, responses=256):
@@ -43,6 +45,36 @@ def test_summary_takes_medians_after_the_skipped_steps():
     assert s["responses_measured"] == 3 * 256
     with pytest.raises(ValueError, match="no step"):
         bench_peers.summarize_records(recs, skip_steps=5)
+
+
+TINY_ARITH = json.loads((REPO / "sspo_jax" / "assets" / "tiny-arith" / "config.json").read_text())
+
+
+def test_rows_model_flops_counts_each_row_at_its_own_length():
+    # one row of n tokens: n times the per-token count at sequence length n
+    for n in (1, 17, 80):
+        assert rows_model_flops(TINY_ARITH, [n]) == pytest.approx(n * model_flops_per_token(TINY_ARITH, n)["total"])
+    # rows add up, and padding is not work: [40, 40] costs less attention than [80]
+    assert rows_model_flops(TINY_ARITH, [40, 17]) == pytest.approx(
+        rows_model_flops(TINY_ARITH, [40]) + rows_model_flops(TINY_ARITH, [17]))
+    assert rows_model_flops(TINY_ARITH, [40, 40]) < rows_model_flops(TINY_ARITH, [80])
+    # tiny-arith: q 96x96, k/v 96x48, o 96x96, MLP 3 x 96x256 per layer, 3 layers, tied head 287x96
+    assert model_flops_per_token(TINY_ARITH, 0)["matmul_params"] == 3 * (96 * 288 + 3 * 96 * 256) + 287 * 96
+
+
+def test_update_utilisation_is_model_flops_per_second_over_the_peak():
+    recs = _records([1.0, 1.0, 1.0], [0.3, 0.3, 0.3])
+    for r, flops in zip(recs, (9e9, 7e9, 8e9)):  # update_s = 0.7 s each
+        r.update(update_model_flops=flops, update_valid_tokens=750, update_computed_tokens=1000)
+    s = bench_peers.summarize_records(recs, skip_steps=0)
+    assert s["update_work"]["model_flops_per_s_median"] == pytest.approx(8e9 / 0.7)
+    util = bench_peers.update_utilisation(s, {"flops_per_s_median": 2e10})
+    assert util["fraction_of_peak"] == pytest.approx(8e9 / 0.7 / 2e10)
+    assert util["padding_computed_frac"] == pytest.approx(0.25)
+    assert util["met"] is False and util["target"] == ">= 60 %"
+    assert bench_peers.update_utilisation(s, {"flops_per_s_median": 1.5e10})["met"] is True
+    assert bench_peers.update_utilisation(s, None) is None  # a peer job: no peak, no figure
+    assert "update_work" not in bench_peers.summarize_records(_records([1.0], [0.3]), skip_steps=0)
 
 
 def test_one_measured_step_uses_the_binomial_standard_error():
@@ -166,5 +198,13 @@ def test_sspo_jax_job_smoke_writes_records_and_peers_json(tmp_path):
     for r in records:
         parts = r["generate_and_reward_s"] + r["extra_forward_s"] + r["update_s"]
         assert r["step_s"] == pytest.approx(parts, rel=1e-6)
+        # 16 rows of at most trimmed width; each valid token costs at least the 6N dense FLOPs
+        assert 0 < r["update_valid_tokens"] <= r["update_computed_tokens"] == 16 * r["update_width"]
+        assert r["update_model_flops"] >= 6 * 300_000 * r["update_valid_tokens"]
+    util = s["update_utilisation"]
+    assert 0 < util["fraction_of_peak"] < 1 and util["target"] == ">= 60 %"
+    assert 0 <= util["padding_computed_frac"] < 1 and util["matmul_peak_flops_per_s"] > 1e9
+    summary = bench_run.summarize(tmp_path)
+    assert any(f["name"].startswith("update model FLOP/s over valid tokens") for f in summary["figures"])
     prompts = [json.loads(x) for x in (tmp_path / "peers" / "prompts_grpo.jsonl").read_text().splitlines()]
     assert [p["step"] for p in prompts] == [1] * 4 + [2] * 4 and all(p["gold"] for p in prompts)

@@ -69,3 +69,15 @@ def test_bench_update_memory_refuses_a_malformed_variant():
 
     with pytest.raises(SystemExit):
         bench_update_memory.main(["--config", "x.yaml", "--variant", "no-colon"])
+
+
+def test_bench_losses_runs_every_preset(tmp_path):
+    """Every registered preset, Clip-Cov's random token picks included, goes through the loss benchmark."""
+    import bench_losses
+
+    from sspo_jax.algorithms import presets
+
+    payload = bench_losses.main(["--batch", "2", "--seq", "32", "--repeats", "1", "--out", str(tmp_path)])
+    assert [r["preset"] for r in payload["results"]] == list(presets.names())
+    for r in payload["results"]:
+        assert r["loss_and_grad"]["median_s"] > 0 and r["valid_tokens_per_s"] > 0
