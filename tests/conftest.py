@@ -12,10 +12,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # One persistent compilation cache for the whole run, shared by both xdist workers and every
 # subprocess they launch: tests that build the same tiny model and jit the same step (a new
 # closure each time, so jit's in-memory cache misses) load the executable instead of recompiling.
-# It lives under .pytest_cache (git-ignored) and is keyed by the HLO and the JAX/XLA versions.
+# It lives under .pytest_cache (git-ignored), is keyed by the HLO and the JAX/XLA versions, and
+# is capped at 512 MiB (about 10 full runs' worth) so that repeated local runs do not grow it forever.
 _CACHE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "jax")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE_DIR)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(512 * 2**20))  # least recently used go first
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
