@@ -61,7 +61,8 @@ from flax import nnx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_model import CONFIGS as MODEL_CONFIGS  # noqa: E402
-from common import RESULTS_DIR, measure_matmul_peak, model_flops_per_token, summarize_times, timed_calls, write_json  # noqa: E402
+from common import (RESULTS_DIR, measure_matmul_peak, model_flops_per_token, summarize_times,  # noqa: E402
+                    timed_calls, write_json)
 
 from sspo_jax.algorithms import presets  # noqa: E402
 from sspo_jax.algorithms.clipping import segment_entropy_stats  # noqa: E402

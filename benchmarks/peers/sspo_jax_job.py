@@ -9,8 +9,9 @@ where the algorithm needs them) and ``time/update`` (loss, gradient, clipping an
 ``time/step`` is their sum. Each record also carries the update's model FLOPs over the batch's
 valid (non-padding) tokens (`common.rows_model_flops`) and the tokens the update computed (rows x
 trimmed width), and the result the matmul peak measured in this process before training, so
-that `bench_peers.py` can report the update's utilisation of the machine. Each step's prompts are checked against the shared prompt file that
-the peer frameworks read, so every framework trains on the same prompts in the same order::
+that `bench_peers.py` can report the update's utilisation of the machine. Each step's prompts
+are checked against the shared prompt file that the peer frameworks read, so every framework
+trains on the same prompts in the same order::
 
     .venv/bin/python benchmarks/peers/sspo_jax_job.py --spec SPEC.json --out RECORDS.json
 """
@@ -91,7 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
     from importlib import metadata
 
     return write_result(out, "sspo_jax", spec["preset"], records, build_s=build_s, prompts_match_shared_file=True,
-                        rows_per_step=rows, matmul_peak=peak, versions={p: metadata.version(p) for p in ("jax", "flax", "optax")})
+                        rows_per_step=rows, matmul_peak=peak,
+                        versions={p: metadata.version(p) for p in ("jax", "flax", "optax")})
 
 
 if __name__ == "__main__":  # the reward pool spawns workers that import this module
