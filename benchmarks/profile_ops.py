@@ -9,6 +9,10 @@ layout or loop structure is)?
 
     .venv/bin/python benchmarks/profile_ops.py generate --config small --batch 8
     .venv/bin/python benchmarks/profile_ops.py train --config 43M --batch 8 --seq-len 256
+    .venv/bin/python benchmarks/profile_ops.py update --job-config configs/tiny_grpo.yaml
+
+``update`` profiles the trainer's own jitted update on the last real batch of a few training
+steps of a job config (``--set`` overrides it); ``tokens`` then counts the batch's valid tokens.
 
 Writes ``benchmarks/results/profile_<what>_<config>_b<batch>.json`` (``--out`` to change the
 directory). Times come from one traced call on a shared 2-core machine: read the shares, not
@@ -78,6 +82,15 @@ def where(info: dict[str, str]) -> str:
     return "loop" if "while/body" in info.get("op_name", "") else "outside"
 
 
+def group(info: dict[str, str]) -> str:
+    """``<category>/<pass>/<JAX op>``: the pass is ``backward`` for ops autodiff made (their source
+    is under ``transpose(jvp(...))``), ``forward`` otherwise; the JAX op is the last part of the
+    source path (``dot_general``, ``add_any``, ``mul``...)."""
+    op_name = info.get("op_name", "")
+    pas = "backward" if "transpose(jvp" in op_name else "forward"
+    return f"{category(info)}/{pas}/{op_name.rsplit('/', 1)[-1] or info.get('opcode', '?')}"
+
+
 def trace_ops(fn, hlo_text: str, top: int) -> dict[str, Any]:
     """Runs `fn` once under the profiler and returns the op table and category shares."""
     with tempfile.TemporaryDirectory() as d:
@@ -98,16 +111,17 @@ def trace_ops(fn, hlo_text: str, top: int) -> dict[str, Any]:
     index = hlo_index(hlo_text)
     known = {n: t for n, t in total.items() if n in index}  # XLA ops of this program only
     op_sum = sum(known.values()) or 1.0
-    shares, places = collections.Counter(), collections.Counter()
+    shares, places, groups = collections.Counter(), collections.Counter(), collections.Counter()
     for name, t in known.items():
         shares[category(index[name])] += t / op_sum
         places[where(index[name])] += t / op_sum
+        groups[group(index[name])] += t / op_sum
     rows = [{"op": name, "ms_total": t / 1e3, "calls": calls[name], "ms_per_call": t / 1e3 / calls[name],
              "share": t / op_sum, "category": category(index[name]), "where": where(index[name]),
              **index[name]}
             for name, t in sorted(known.items(), key=lambda kv: -kv[1])[:top]]
     return {"ops_ms_total": op_sum / 1e3, "distinct_ops": len(known), "category_share": dict(shares),
-            "where_share": dict(places), "top_ops": rows}
+            "where_share": dict(places), "group_share": dict(groups.most_common()), "top_ops": rows}
 
 
 def generate_program(config: str, batch: int, new_tokens: int, prompt_len: int):
@@ -154,9 +168,45 @@ def train_program(config: str, batch: int, seq_len: int, preset: str, micro_rows
     return call, compiled.as_text(), batch * seq_len
 
 
+def job_update_program(job_config: Path, overrides: list[str], steps: int):
+    """The trainer's own jitted update on a real batch: trains `steps` steps of `job_config`
+    (evaluation, checkpoints and logging off), keeps the last prepared batch, and returns the
+    call, its compiled HLO, the batch's valid tokens, its rows and a closer for the trainer."""
+    from sspo_jax.train import Trainer
+    from sspo_jax.train.config import load_config
+
+    cfg = load_config(job_config, [*overrides, f"train.steps={steps}", "eval.enabled=false",
+                                   "checkpoint.enabled=false", "logging.tensorboard=false",
+                                   "logging.progress=false"])
+    run_dir = tempfile.TemporaryDirectory(prefix="profile_update_")
+    trainer = Trainer(cfg, run_dir.name, progress=False, echo=lambda s: None, resume=False)
+    kept, prepare = {}, trainer.prepare
+
+    def keeping_prepare(scored):
+        kept["batch"], metrics = prepare(scored)
+        return kept["batch"], metrics
+
+    trainer.prepare = keeping_prepare
+    trainer.run()
+    batch = kept["batch"]
+    hlo = trainer.update_fn.lower(trainer.state, batch).compile().as_text()
+    holder = {"state": trainer.state}
+
+    def call():
+        holder["state"], m = trainer.update_fn(holder["state"], batch)  # the state is donated
+        jax.block_until_ready(m)
+
+    def close():
+        trainer.close()
+        run_dir.cleanup()
+    mask = np.asarray(batch.attention_mask)
+    return call, hlo, int(mask.sum()), mask.shape[0], close
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("generate", "train"))
+    ap.add_argument("what", choices=("generate", "train", "update"),
+                    help="update: the trainer's update on a real batch of --job-config")
     ap.add_argument("--config", default="small", help=f"one of {sorted(CONFIGS)} (or 5M / 43M)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=64, help="generate: tokens per row")
@@ -165,24 +215,36 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--preset", default="grpo", help="train: the loss")
     ap.add_argument("--micro-rows", type=int, default=0, help="train: rows per micro-batch (0: whole batch)")
     ap.add_argument("--unroll-layers", action="store_true", help="train: unroll the layer scan")
+    ap.add_argument("--job-config", type=Path, default=Path("configs/tiny_grpo.yaml"), help="update: the job")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="update: a config override")
+    ap.add_argument("--steps", type=int, default=3, help="update: steps trained before profiling")
     ap.add_argument("--repeats", type=int, default=3, help="untraced timed calls before the traced one")
     ap.add_argument("--top", type=int, default=25, help="ops listed")
     ap.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = ap.parse_args(argv)
     config = ALIASES.get(args.config, args.config)
-    if config not in CONFIGS:
+    close = lambda: None  # noqa: E731
+    if args.what == "update":
+        if not args.job_config.is_file():
+            ap.error(f"--job-config {args.job_config}: no such file")
+        config = args.job_config.stem
+        call, hlo, tokens, args.batch, close = job_update_program(args.job_config, args.set, args.steps)
+    elif config not in CONFIGS:
         ap.error(f"--config {args.config!r}: choose from {sorted(CONFIGS)}")
-    if args.what == "generate":
+    elif args.what == "generate":
         call, hlo, tokens = generate_program(config, args.batch, args.new_tokens, args.prompt_len)
     else:
         call, hlo, tokens = train_program(config, args.batch, args.seq_len, args.preset, args.micro_rows,
                                           not args.unroll_layers)
-    call()  # compile and warm up
-    load_before = list(os.getloadavg())
-    timing = summarize_times(timed_calls(call, args.repeats), tokens)
-    profile = trace_ops(call, hlo, args.top)
+    try:
+        call()  # compile and warm up
+        load_before = list(os.getloadavg())
+        timing = summarize_times(timed_calls(call, args.repeats), tokens)
+        profile = trace_ops(call, hlo, args.top)
+    finally:
+        close()
     payload = {"benchmark": "profile_ops", "what": args.what, "config": config, "batch": args.batch,
-               "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+               "tokens_per_call": tokens, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                "untraced": timing, "load_avg_before": load_before, "load_avg_after": list(os.getloadavg()),
                **profile}
     path = write_json(f"profile_{args.what}_{config}_b{args.batch}", payload, args.out)

@@ -44,3 +44,23 @@ def test_generate_profile_of_the_tiny_model(tmp_path):
     heads = [r for r in payload["top_ops"] if r["op_name"].endswith("bh,vh->bv/dot_general")]
     assert heads and heads[0]["category"] == "matmul" and heads[0]["where"] == "loop"
     assert heads[0]["calls"] == 4 and heads[0]["shape"].startswith("f32[2,256]")
+
+
+def test_update_profile_of_the_tiny_job(tmp_path):
+    """`update` profiles the trainer's own update on a real batch of the shipped tiny job: the op
+    table covers forward and backward matmuls, and the groups' shares add up to one."""
+    repo = BENCH_DIR.parent
+    payload = profile_ops.main(["update", "--job-config", str(repo / "configs" / "tiny_grpo.yaml"),
+                                "--set", "data.batch_size=2", "--set", "sampling.max_new_tokens=8",
+                                "--set", "rewards.workers=0", "--set", "train.micro_batch_size=8", "--steps", "1", "--repeats", "1",
+                                "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "profile_update_tiny_grpo_b16.json").read_text())
+    assert saved["batch"] == 16 and 0 < saved["tokens_per_call"] <= 16 * 80
+    assert sum(payload["group_share"].values()) == pytest.approx(1.0)
+    assert {"matmul/forward/dot_general", "matmul/backward/dot_general"} <= set(payload["group_share"])
+    assert payload["where_share"].get("loop", 0) > 0.5  # the micro-batch scan holds the work
+
+
+def test_update_profile_refuses_a_missing_job_config(tmp_path):
+    with pytest.raises(SystemExit):
+        profile_ops.main(["update", "--job-config", str(tmp_path / "nope.yaml")])
